@@ -1,0 +1,133 @@
+"""Pre-tokenization: regex patterns, splitting on special tokens, and cut points that never change the result.
+
+BPE merges never cross a pre-token boundary or a special token, so text can be cut into pieces and
+pre-tokenized independently only at positions that are boundaries whatever text follows. `safe_cut`
+finds such positions; streaming encode and parallel training/encoding rely on it for exactness.
+"""
+
+from __future__ import annotations
+
+import re
+
+import regex
+
+# GPT-2's pattern (Radford et al. 2019, openai/gpt-2 encoder.py), as used by tiktoken's "gpt2" encoding.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-4's cl100k_base pattern (tiktoken): case-insensitive contractions, digits in groups of at most 3.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A pattern name ("gpt2", "gpt4") or a raw regex -> the regex, checked to compile."""
+    if pattern in PATTERNS:
+        return PATTERNS[pattern]
+    try:
+        regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"pattern {pattern!r} is neither one of {sorted(PATTERNS)} nor a valid regex: {e}") from e
+    return pattern
+
+
+# Positions that are pre-token boundaries under the GPT-2 and GPT-4 patterns whatever comes later:
+#  - after "\n" when the next character is not whitespace: no alternative lets a match run from a
+#    newline into a non-space character (whitespace alternatives stop at \S; the punctuation
+#    alternative of GPT-4 may only *end* in newlines);
+#  - before " " + letter when the previous character is not whitespace: no alternative matches a
+#    non-space character followed by a space, and " letter" always starts a new pre-token.
+# None of the patterns look behind, so the text after a boundary pre-tokenizes the same on its own.
+TEXT_BOUNDARY = regex.compile(r"(?<=\n)(?=\S)|(?<=\S)(?= \p{L})")
+# The same rules restricted to ASCII, valid on raw UTF-8 bytes decoded as latin-1 (one char per byte):
+# ASCII bytes never occur inside a multi-byte UTF-8 sequence.
+BYTE_BOUNDARY = regex.compile(r"(?<=\n)(?=[!-~])|(?<=[!-~])(?= [A-Za-z])")
+_BOUNDARY_SAFE_PATTERNS = {GPT2_PATTERN, GPT4_PATTERN}
+
+
+class Splitter:
+    """Splits text at special tokens and at safe cut points for one pattern and set of special tokens.
+
+    Special tokens are matched longest-first, so when two overlap the longer one wins.
+    """
+
+    def __init__(self, pattern: str, special_tokens: list[str] | tuple[str, ...] = (), *, on_bytes: bool = False):
+        self.pattern = resolve_pattern(pattern)
+        self.special_tokens = list(special_tokens)
+        specials = [s.encode("utf-8").decode("latin-1") for s in special_tokens] if on_bytes else self.special_tokens
+        self.max_special_len = max((len(s) for s in specials), default=0)
+        self.special_re = special_regex(specials)
+        safe = self.pattern in _BOUNDARY_SAFE_PATTERNS
+        self.boundary_re = (BYTE_BOUNDARY if on_bytes else TEXT_BOUNDARY) if safe else None
+
+    def safe_cut(self, text: str, window: int = 1 << 14) -> int:
+        """The largest p such that text[:p] and text[p:] + anything pre-tokenize independently; 0 if none.
+
+        `text` must itself start at a cut point (or at the start of the stream). Cuts are either just
+        after a special token or at a boundary outside any special token. Positions within
+        max_special_len of the end are not trusted: a special token could still be completed (or
+        lengthened) by text that has not arrived yet.
+        """
+        limit = len(text) - max(self.max_special_len - 1, 1)
+        if limit <= 0:
+            return 0
+        # Special tokens are scanned from the start: only a scan from a true cut point sees the same
+        # leftmost-longest matches as a scan of the whole stream.
+        specials = [m.span() for m in self.special_re.finditer(text, 0, limit + self.max_special_len)] if self.special_re else []
+        best = max((e for _, e in specials if e <= limit), default=0)
+        if self.boundary_re is None:
+            return best
+        hi, lo = limit, limit
+        while lo > best:
+            lo = max(best, lo - window)
+            for m in reversed(list(self.boundary_re.finditer(text, lo, min(len(text), hi + 1)))):
+                p = m.start()
+                if p <= hi and not any(s < p < e for s, e in specials):
+                    return p
+            hi, window = lo, window * 4
+        return best
+
+    def split_specials(self, text: str) -> list[str]:
+        """Text between special tokens (the special tokens themselves dropped), for training."""
+        return self.special_re.split(text) if self.special_re else [text]
+
+    def chunks(self, blocks, min_chars: int = 1 << 20):
+        """Regroup a stream of text blocks into chunks of >= min_chars that each pre-tokenize on their own.
+
+        Memory stays bounded by about min_chars plus one block, unless the text has no cut point at all
+        (no special token, and no newline/space boundary or a custom pattern), where it must accumulate.
+        """
+        buf = ""
+        for block in blocks:
+            buf += block
+            if len(buf) < min_chars:
+                continue
+            cut = self.safe_cut(buf)
+            if cut > 0:
+                yield buf[:cut]
+                buf = buf[cut:]
+        if buf:
+            yield buf
+
+
+def special_regex(special_tokens: list[str]) -> regex.Pattern | None:
+    """Alternation of the special tokens, longest first so the longest of overlapping ones wins."""
+    if not special_tokens:
+        return None
+    ordered = sorted(set(special_tokens), key=lambda s: (-len(s), s))
+    return regex.compile("|".join(regex.escape(s) for s in ordered))
+
+
+# A space with non-whitespace on both sides is a pre-token boundary under the GPT-2 and GPT-4
+# patterns (same argument as TEXT_BOUNDARY: no match spans "non-space, space", and the match at the
+# space depends only on what follows). Splitting there runs in C and cuts text into space-led
+# "units" (" word," or " don't") that repeat far more than raw text does, so the encoder caches
+# whole units and runs the pre-tokenization regex only on units it has not seen. Stdlib `re` is
+# used because its \s is a superset of `regex`'s (it adds U+001C..U+001F), so its \S-guarded cuts
+# are a subset of the valid ones.
+UNIT_SPLIT = re.compile(r"(?<=\S) (?=\S)")
+
+
+def unit_split(pattern: str) -> re.Pattern | None:
+    """The unit splitter when `pattern` is one for which UNIT_SPLIT cuts are exact, else None."""
+    return UNIT_SPLIT if pattern in _BOUNDARY_SAFE_PATTERNS else None
