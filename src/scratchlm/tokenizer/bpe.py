@@ -201,14 +201,15 @@ class Tokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         ids = list(ids)
         table = self._id_bytes
-        if ids and (min(ids) < 0 or max(ids) >= len(table)):
-            bad = next(i for i in ids if not 0 <= i < len(table))
-            raise ValueError(f"token id {bad} is out of range for a vocabulary of {len(table)} tokens")
         try:
-            return b"".join(map(table.__getitem__, ids))
+            in_range = not ids or (min(ids) >= 0 and max(ids) < len(table))
+            if in_range:
+                return b"".join(map(table.__getitem__, ids))
         except TypeError:
             bad = next(i for i in ids if not isinstance(i, int))
             raise ValueError(f"token ids must be integers, got {bad!r}") from None
+        bad = next(i for i in ids if not 0 <= i < len(table))
+        raise ValueError(f"token id {bad} is out of range for a vocabulary of {len(table)} tokens")
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""

@@ -31,17 +31,18 @@ def resolve_pattern(pattern: str) -> str:
     return pattern
 
 
-# Positions that are pre-token boundaries under the GPT-2 and GPT-4 patterns whatever comes later:
-#  - after "\n" when the next character is not whitespace: no alternative lets a match run from a
-#    newline into a non-space character (whitespace alternatives stop at \S; the punctuation
-#    alternative of GPT-4 may only *end* in newlines);
-#  - before " " + letter when the previous character is not whitespace: no alternative matches a
-#    non-space character followed by a space, and " letter" always starts a new pre-token.
-# None of the patterns look behind, so the text after a boundary pre-tokenizes the same on its own.
-TEXT_BOUNDARY = regex.compile(r"(?<=\n)(?=\S)|(?<=\S)(?= \p{L})")
-# The same rules restricted to ASCII, valid on raw UTF-8 bytes decoded as latin-1 (one char per byte):
+# Cut points: a space with non-whitespace on both sides. Under the GPT-2 and GPT-4 patterns
+#  - no alternative matches a non-space character followed by a space, so no pre-token crosses it;
+#  - the match at the space depends only on the text from there on (no pattern looks behind);
+#  - the pre-token that ends just before it ends the same way at the end of a string (runs of
+#    letters, digits or punctuation stop at a space as at the end; only whitespace runs look ahead,
+#    and the text before the cut ends in non-whitespace).
+# The last point is why a newline is not a cut point: in "\r\na" the run "\r\n" splits into "\r", "\n"
+# because an "a" follows, but stays whole at the end of a string (found by the property tests).
+TEXT_BOUNDARY = regex.compile(r"(?<=\S) (?=\S)")
+# The same rule restricted to ASCII, valid on raw UTF-8 bytes decoded as latin-1 (one char per byte):
 # ASCII bytes never occur inside a multi-byte UTF-8 sequence.
-BYTE_BOUNDARY = regex.compile(r"(?<=\n)(?=[!-~])|(?<=[!-~])(?= [A-Za-z])")
+BYTE_BOUNDARY = regex.compile(r"(?<=[!-~]) (?=[!-~])")
 _BOUNDARY_SAFE_PATTERNS = {GPT2_PATTERN, GPT4_PATTERN}
 
 
@@ -118,13 +119,10 @@ def special_regex(special_tokens: list[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(s) for s in ordered))
 
 
-# A space with non-whitespace on both sides is a pre-token boundary under the GPT-2 and GPT-4
-# patterns (same argument as TEXT_BOUNDARY: no match spans "non-space, space", and the match at the
-# space depends only on what follows). Splitting there runs in C and cuts text into space-led
-# "units" (" word," or " don't") that repeat far more than raw text does, so the encoder caches
-# whole units and runs the pre-tokenization regex only on units it has not seen. Stdlib `re` is
-# used because its \s is a superset of `regex`'s (it adds U+001C..U+001F), so its \S-guarded cuts
-# are a subset of the valid ones.
+# Splitting at every TEXT_BOUNDARY runs in C and cuts text into space-led "units" (" word," or
+# " don't") that repeat far more than raw text does, so the encoder caches whole units and runs the
+# pre-tokenization regex only on units it has not seen. Stdlib `re` is used because its \s is a
+# superset of `regex`'s (it adds U+001C..U+001F), so its \S-guarded cuts are a subset of the valid ones.
 UNIT_SPLIT = re.compile(r"(?<=\S) (?=\S)")
 
 
