@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scratchlm.tokenizer.bpe import Tokenizer, _bpe_heap
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN
 from scratchlm.tokenizer.train import train_bpe
+from tests.conftest import shared_data
 
 EOT = "<|endoftext|>"
 TRICKY = "Hello 👋🏽 wörld  \n\n  it's   '''' x" + "=" * 700 + " " * 300 + "\u3000日本語 \x1c a \x1d  b\r\n\r\nend  "
@@ -21,14 +22,7 @@ TRICKY = "Hello 👋🏽 wörld  \n\n  it's   '''' x" + "=" * 700 + " " * 300 + 
 
 @pytest.fixture(scope="module")
 def gpt2_files():
-    from tests.tokenizer.conftest import REPO  # noqa: F401  (same lookup as data_path)
-    import os
-    from pathlib import Path
-
-    root = Path(os.environ.get("SCRATCHLM_DATA", REPO.parent / "shared" / "data")) / "tokenizer"
-    if not (root / "gpt2_vocab.json").exists():
-        pytest.fail(f"GPT-2 files missing under {root}") if os.environ.get("CI") == "true" else pytest.skip("no GPT-2 files")
-    return root / "gpt2_vocab.json", root / "gpt2_merges.txt"
+    return shared_data("tokenizer/gpt2_vocab.json"), shared_data("tokenizer/gpt2_merges.txt")
 
 
 @pytest.fixture(scope="module", params=[GPT2_PATTERN, GPT4_PATTERN], ids=["gpt2", "gpt4"])
@@ -113,6 +107,19 @@ def test_encode_iterable_equals_encode_with_bounded_memory(pair, data_path, tmp_
     per_repeat = len(ours.encode(text + text)) - len(ours.encode(text))
     assert count == len(ours.encode(text)) + 9 * per_repeat
     assert peak < 4 << 20, f"streaming 8 MB used {peak / 2**20:.1f} MiB"
+
+
+def test_bounded_caches_stay_exact(pair, data_path, monkeypatch):
+    """Caches cleared mid-text (tiny limit) must not change or lose anything."""
+    import scratchlm.tokenizer.bpe as bpe
+
+    ours, ref = pair
+    text = real_texts(data_path)[3][:50_000]
+    monkeypatch.setattr(bpe, "CACHE_LIMIT", 50)
+    fresh = Tokenizer(ours.vocab, ours.merges, ours.special_tokens, ours.pattern)
+    assert fresh.encode(text) == ref.encode(text, allowed_special="all")
+    assert fresh.encode(text) == ref.encode(text, allowed_special="all")  # again, with full caches
+    assert len(fresh._unit_cache) <= 50 + len(text.split(" "))
 
 
 def test_special_tokens_longest_wins_and_never_merge(gpt2_files):

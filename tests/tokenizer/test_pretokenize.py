@@ -4,7 +4,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN, UNIT_SPLIT, Splitter
+from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN, UNIT_SPLIT, Splitter, pretokenize_units
 
 SPECIALS = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<|x|>"]
 # Text made of the pieces that stress the patterns: whitespace runs, contractions, digits, newlines,
@@ -45,6 +45,14 @@ def test_unit_split_is_exact(text, pattern):
     units = UNIT_SPLIT.split(text)
     joined = regex.findall(pattern, units[0]) + [p for u in units[1:] for p in regex.findall(pattern, " " + u)]
     assert joined == regex.findall(pattern, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=TEXT, pattern=st.sampled_from([GPT2_PATTERN, GPT4_PATTERN]))
+def test_batched_unit_pretokenization_is_exact(text, pattern):
+    units = set(UNIT_SPLIT.split(text)[1:])
+    got = dict(pretokenize_units(regex.compile(pattern), units))
+    assert got == {u: regex.findall(pattern, " " + u) for u in units}
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,7 +16,7 @@ from itertools import chain
 import regex
 
 from scratchlm.tokenizer import io
-from scratchlm.tokenizer.pretokenize import Splitter, resolve_pattern, unit_split
+from scratchlm.tokenizer.pretokenize import Splitter, pretokenize_units, resolve_pattern, unit_split
 
 CACHE_LIMIT = 1 << 20  # entries per cache; cleared when full so memory stays bounded on any corpus
 LONG_PIECE = 256  # pre-tokens longer than this (in bytes) merge with a heap in O(n log n)
@@ -143,20 +143,32 @@ class Tokenizer:
             return []
         if self._unit_split is None:
             return self._encode_pieces(text)
-        units = self._unit_split.split(text)
+        # Units after the first lost their leading space in the split; cache keys omit it too.
+        head, *rest = self._unit_split.split(text)
         cache = self._unit_cache
-        if len(cache) > CACHE_LIMIT:
-            cache.clear()
-        head = self._encode_pieces(units[0])
-        # Units after the first lost their leading space in the split; the cache key omits it too.
         try:
-            rest = list(chain.from_iterable(map(cache.__getitem__, units[1:])))
+            ids = list(chain.from_iterable(map(cache.__getitem__, rest)))
         except KeyError:
-            for unit in units[1:]:
-                if unit not in cache:
-                    cache[unit] = tuple(self._encode_pieces(" " + unit))
-            rest = list(chain.from_iterable(map(cache.__getitem__, units[1:])))
-        return head + rest if head else rest
+            self._learn_units(rest)
+            ids = list(chain.from_iterable(map(cache.__getitem__, rest)))
+        return self._encode_pieces(head) + ids if head else ids
+
+    def _learn_units(self, units: list[str]) -> None:
+        """Encode and cache the units not cached yet, pre-tokenizing them all in one regex call."""
+        cache = self._unit_cache
+        missing = set(units).difference(cache)
+        if len(cache) + len(missing) > CACHE_LIMIT:
+            cache.clear()  # then every unit of this text is missing again
+            missing = set(units)
+        piece_cache = self._piece_cache
+        for unit, pieces in pretokenize_units(self._pat, missing):
+            ids: list[int] = []
+            for piece in pieces:
+                toks = piece_cache.get(piece)
+                if toks is None:
+                    toks = piece_cache[piece] = self._bpe(piece.encode("utf-8"))
+                ids += toks
+            cache[unit] = tuple(ids)
 
     def _encode_pieces(self, text: str) -> list[int]:
         cache = self._piece_cache

@@ -46,6 +46,7 @@ def encode_files(
     n_procs = min(num_workers or os.cpu_count() or 1, len(ranges))
     bar = tqdm(total=sum(map(range_bytes, ranges)), unit="B", unit_scale=True, desc="encode", disable=not progress)
     count = 0
+    text_bytes: dict[str, int] = dict.fromkeys(map(str, paths), 0)
     pool = None
     try:
         if n_procs <= 1:
@@ -55,9 +56,10 @@ def encode_files(
             pool = mp.get_context("spawn").Pool(n_procs, initializer=_init_worker, initargs=(tokenizer, dtype))
             results = pool.imap(_encode_range, ranges)  # ordered: the file follows input order
         with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
-            for rng, ids in zip(ranges, results):
+            for rng, (ids, n_bytes) in zip(ranges, results):
                 ids.tofile(f)
                 count += len(ids)
+                text_bytes[rng.path] += n_bytes
                 bar.update(range_bytes(rng))
     finally:
         bar.close()
@@ -71,7 +73,8 @@ def encode_files(
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_sha256": tokenizer.hash,
         "special_tokens": tokenizer.special_ids,
-        "sources": [{"path": str(p), "bytes": p.stat().st_size} for p in paths],
+        "text_bytes": sum(text_bytes.values()),  # UTF-8 bytes of text, uncompressed
+        "sources": [{"path": str(p), "file_bytes": p.stat().st_size, "text_bytes": text_bytes[str(p)]} for p in paths],
     }
     write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2) + "\n")
     return meta
@@ -84,12 +87,15 @@ def _init_worker(tokenizer: Tokenizer, dtype: np.dtype) -> None:
     _WORKER["tokenizer"], _WORKER["dtype"] = tokenizer, dtype
 
 
-def _encode_range(rng: ByteRange) -> np.ndarray:
+def _encode_range(rng: ByteRange) -> tuple[np.ndarray, int]:
+    """Token ids of a range, and its text size in UTF-8 bytes."""
     tok: Tokenizer = _WORKER["tokenizer"]
     ids: list[int] = []
+    n_bytes = 0
     for chunk in tok._splitter.chunks(iter_blocks(rng)):
         ids += tok.encode(chunk)
-    return np.array(ids, dtype=_WORKER["dtype"])
+        n_bytes += len(chunk.encode("utf-8"))
+    return np.array(ids, dtype=_WORKER["dtype"]), n_bytes
 
 
 def read_tokens(path: str | os.PathLike, tokenizer_sha256: str | None = None) -> np.memmap:

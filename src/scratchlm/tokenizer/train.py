@@ -119,6 +119,12 @@ _SPLITTERS: dict[tuple, tuple[Splitter, regex.Pattern]] = {}
 
 
 def _count_range(job: tuple[ByteRange, str, tuple[str, ...]]) -> tuple[int, Counter[str]]:
+    """Pre-token counts of one byte range.
+
+    Regex over all the text plus Counter (both in C) measured faster here than counting space-led
+    units and pre-tokenizing only distinct ones (10.5 s vs 15.1 s on 168 MB of Gutenberg): in a
+    16 MB range too many units are distinct for the per-unit Python work to pay off.
+    """
     rng, pattern, specials = job
     if (pattern, specials) not in _SPLITTERS:
         _SPLITTERS[pattern, specials] = (Splitter(pattern, specials), regex.compile(resolve_pattern(pattern)))
