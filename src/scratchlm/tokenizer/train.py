@@ -248,7 +248,6 @@ def _apply_merge(a: int, b: int, new_id: int, words: list[list[int]], freqs: lis
         word = words[i]
         n, f = len(word), freqs[i]
         out: list[int] = []
-        sites: list[int] = []  # positions of new_id in `out`
         pos, prev_end = 0, -1
         while pos < n - 1:
             try:
@@ -262,23 +261,23 @@ def _apply_merge(a: int, b: int, new_id: int, words: list[list[int]], freqs: lis
             out.extend(word[pos:j])
             if j > 0 and j - 1 != prev_end:
                 delta[word[j - 1] << SHIFT | a] -= f
-            if j + 2 < n:
-                delta[b << SHIFT | word[j + 2]] -= f
             if out:
                 left = out[-1] << SHIFT | new_left
                 delta[left] += f
                 where[left].add(i)
-            sites.append(len(out))
             out.append(new_id)
+            if j + 2 < n:
+                y = word[j + 2]
+                delta[b << SHIFT | y] -= f
+                # (new, y) is new unless y starts the next site, whose left pair is (new, new).
+                if not (y == a and j + 3 < n and word[j + 3] == b):
+                    right = new_right | y
+                    delta[right] += f
+                    where[right].add(i)
             prev_end, pos = j + 1, j + 2
-        if not sites:
+        if prev_end < 0:
             continue  # the index is allowed to be stale: the pair left this word in an earlier merge
         out.extend(word[pos:])
-        for k in sites:
-            if k + 1 < len(out) and out[k + 1] != new_id:
-                right = new_right | out[k + 1]
-                delta[right] += f
-                where[right].add(i)
         words[i] = out
     delta.pop(a << SHIFT | b, None)
     return delta
