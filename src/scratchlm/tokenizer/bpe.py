@@ -11,12 +11,12 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, islice, repeat
 
 import regex
 
 from scratchlm.tokenizer import io
-from scratchlm.tokenizer.pretokenize import Splitter, pretokenize_units, resolve_pattern, unit_split
+from scratchlm.tokenizer.pretokenize import Splitter, resolve_pattern, split_joinable, unit_split
 
 CACHE_LIMIT = 1 << 20  # entries per cache; cleared when full so memory stays bounded on any corpus
 LONG_PIECE = 256  # pre-tokens longer than this (in bytes) merge with a heap in O(n log n)
@@ -154,21 +154,35 @@ class Tokenizer:
         return self._encode_pieces(head) + ids if head else ids
 
     def _learn_units(self, units: list[str]) -> None:
-        """Encode and cache the units not cached yet, pre-tokenizing them all in one regex call."""
+        """Encode and cache the units not cached yet, with one regex call and one BPE pass per new piece.
+
+        When the cache would overflow, the older half of it is dropped (dicts keep insertion order),
+        so frequent units learned recently survive.
+        """
         cache = self._unit_cache
         missing = set(units).difference(cache)
         if len(cache) + len(missing) > CACHE_LIMIT:
-            cache.clear()  # then every unit of this text is missing again
-            missing = set(units)
+            for key in list(islice(cache, len(cache) // 2)):
+                del cache[key]
+            missing = set(units).difference(cache)
+        joined, lone = split_joinable(missing)
+        for unit in lone:
+            cache[unit] = tuple(self._encode_pieces(" " + unit))
+        if not joined:
+            return
+        pieces = self._pat.findall(" " + " ".join(joined))
         piece_cache = self._piece_cache
-        for unit, pieces in pretokenize_units(self._pat, missing):
-            ids: list[int] = []
-            for piece in pieces:
-                toks = piece_cache.get(piece)
-                if toks is None:
-                    toks = piece_cache[piece] = self._bpe(piece.encode("utf-8"))
-                ids += toks
-            cache[unit] = tuple(ids)
+        for piece in set(pieces).difference(piece_cache):
+            piece_cache[piece] = self._bpe(piece.encode("utf-8"))
+        # Walk the pieces, closing a unit each time they cover its " " + text.
+        k, left, ids = 0, len(joined[0]) + 1, []
+        for piece in pieces:
+            ids += piece_cache[piece]
+            left -= len(piece)
+            if not left:
+                cache[joined[k]] = tuple(ids)
+                k += 1
+                left, ids = (len(joined[k]) + 1 if k < len(joined) else -1), []
 
     def _encode_pieces(self, text: str) -> list[int]:
         cache = self._piece_cache
@@ -189,11 +203,11 @@ class Tokenizer:
         and min/index run in C. Leftmost-first equals GPT-2's "merge every occurrence of the best
         pair" because a merge never creates a pair of lower rank than itself.
         """
-        ids = [self._byte_ids[b] for b in data]
+        ids = list(map(self._byte_ids.__getitem__, data))
         if len(ids) > LONG_PIECE:
             return _bpe_heap(ids, self._ranks, self._merged)
         get, merged, none = self._ranks.get, self._merged, len(self._merged)
-        pair_ranks = [get(p, none) for p in zip(ids, ids[1:])]
+        pair_ranks = list(map(get, zip(ids, ids[1:]), repeat(none)))
         while pair_ranks:
             rank = min(pair_ranks)
             if rank == none:

@@ -8,7 +8,6 @@ finds such positions; streaming encode and parallel training/encoding rely on it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import regex
 
@@ -132,26 +131,14 @@ def unit_split(pattern: str) -> re.Pattern | None:
     return UNIT_SPLIT if pattern in _BOUNDARY_SAFE_PATTERNS else None
 
 
-def pretokenize_units(pat: regex.Pattern, units) -> Iterator[tuple[str, list[str]]]:
-    """(unit, pre-tokens of " " + unit) for units cut by UNIT_SPLIT, in one regex call where possible.
+def split_joinable(units) -> tuple[list[str], list[str]]:
+    """Units (cut by UNIT_SPLIT) that may be pre-tokenized together, and those that must go alone.
 
-    Units that end in non-whitespace are joined as " u1 u2 ...": every joining space then sits between
-    two non-space characters, a cut point, so each unit's pre-tokens are unchanged. Units ending in
-    whitespace (str.isspace, a superset of regex's \\s: the safe side) are pre-tokenized alone.
+    Units that end in non-whitespace can be joined as " u1 u2 ...": every joining space then sits
+    between two non-space characters, a cut point, so each unit's pre-tokens are unchanged. A unit
+    ending in whitespace (str.isspace, a superset of regex's \\s: the safe side) would not be.
     """
-    joinable = []
+    joinable, lone = [], []
     for unit in units:
-        if unit[-1:].isspace():
-            yield unit, pat.findall(" " + unit)
-        else:
-            joinable.append(unit)
-    if not joinable:
-        return
-    k, left, pieces = 0, len(joinable[0]) + 1, []  # left: chars of " unit" not yet covered
-    for piece in pat.findall(" " + " ".join(joinable)):
-        pieces.append(piece)
-        left -= len(piece)
-        if left == 0:
-            yield joinable[k], pieces
-            k, pieces = k + 1, []
-            left = len(joinable[k]) + 1 if k < len(joinable) else -1
+        (lone if unit[-1:].isspace() else joinable).append(unit)
+    return joinable, lone
