@@ -4,6 +4,7 @@ import gzip
 import logging
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,15 +86,11 @@ def test_byte_ranges_partition_text_exactly(tmp_path, text, target):
     ranges = plan_ranges(check_inputs([path]), splitter, target)
     assert "".join(t for r in ranges for t in iter_blocks(r)) == text
     text_splitter = Splitter("gpt2", [EOT])
-    whole = [p for piece in text_splitter.split_specials(text) for p in text_splitter_pretokens(piece)]
-    parts = [p for r in ranges for piece in text_splitter.split_specials("".join(iter_blocks(r))) for p in text_splitter_pretokens(piece)]
-    assert parts == whole
 
+    def pretokens(t):
+        return [p for piece in text_splitter.split_specials(t) for p in regex.findall(GPT2_PATTERN, piece)]
 
-def text_splitter_pretokens(text):
-    import regex
-
-    return regex.findall(GPT2_PATTERN, text)
+    assert [p for r in ranges for p in pretokens("".join(iter_blocks(r)))] == pretokens(text)
 
 
 def test_deterministic_across_runs_and_workers(data_path):
