@@ -119,7 +119,7 @@ def test_bounded_caches_stay_exact(pair, data_path, monkeypatch):
     fresh = Tokenizer(ours.vocab, ours.merges, ours.special_tokens, ours.pattern)
     assert fresh.encode(text) == ref.encode(text, allowed_special="all")
     assert fresh.encode(text) == ref.encode(text, allowed_special="all")  # again, with full caches
-    assert len(fresh._unit_cache) <= 50 + len(text.split(" "))
+    assert len(fresh._unit_cache) <= 50 + len(text.split(" ")) and len(fresh._piece_cache) <= 50 + len(text.split(" "))
 
 
 def test_special_tokens_longest_wins_and_never_merge(gpt2_files):

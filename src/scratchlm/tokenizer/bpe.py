@@ -18,7 +18,7 @@ import regex
 from scratchlm.tokenizer import io
 from scratchlm.tokenizer.pretokenize import Splitter, resolve_pattern, split_joinable, unit_split
 
-CACHE_LIMIT = 1 << 20  # entries per cache; cleared when full so memory stays bounded on any corpus
+CACHE_LIMIT = 1 << 20  # entries per cache; the older half is dropped when full, so memory stays bounded
 LONG_PIECE = 256  # pre-tokens longer than this (in bytes) merge with a heap in O(n log n)
 
 
@@ -156,14 +156,10 @@ class Tokenizer:
     def _learn_units(self, units: list[str]) -> None:
         """Encode and cache the units not cached yet, with one regex call and one BPE pass per new piece.
 
-        When the cache would overflow, the older half of it is dropped (dicts keep insertion order),
-        so frequent units learned recently survive.
         """
         cache = self._unit_cache
         missing = set(units).difference(cache)
-        if len(cache) + len(missing) > CACHE_LIMIT:
-            for key in list(islice(cache, len(cache) // 2)):
-                del cache[key]
+        if _make_room(cache, len(missing)):
             missing = set(units).difference(cache)
         joined, lone = split_joinable(missing)
         for unit in lone:
@@ -172,7 +168,10 @@ class Tokenizer:
             return
         pieces = self._pat.findall(" " + " ".join(joined))
         piece_cache = self._piece_cache
-        for piece in set(pieces).difference(piece_cache):
+        new_pieces = set(pieces).difference(piece_cache)
+        if _make_room(piece_cache, len(new_pieces)):
+            new_pieces = set(pieces).difference(piece_cache)
+        for piece in new_pieces:
             piece_cache[piece] = self._bpe(piece.encode("utf-8"))
         # Walk the pieces, closing a unit each time they cover its " " + text.
         k, left, ids = 0, len(joined[0]) + 1, []
@@ -186,8 +185,7 @@ class Tokenizer:
 
     def _encode_pieces(self, text: str) -> list[int]:
         cache = self._piece_cache
-        if len(cache) > CACHE_LIMIT:
-            cache.clear()
+        _make_room(cache, 0)
         ids: list[int] = []
         for piece in self._pat.findall(text):
             toks = cache.get(piece)
@@ -240,6 +238,19 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _make_room(cache: dict, n_new: int) -> bool:
+    """Drop the older half of `cache` (dicts keep insertion order) if n_new more entries would overflow it.
+
+    Returns whether anything was dropped. Recently learned entries, often the frequent ones of the
+    current text, survive.
+    """
+    if len(cache) + n_new <= CACHE_LIMIT:
+        return False
+    for key in list(islice(cache, len(cache) // 2 + 1)):
+        del cache[key]
+    return True
 
 
 def _bpe_heap(ids: list[int], ranks: dict[tuple[int, int], int], merged: list[int]) -> tuple[int, ...]:
