@@ -17,7 +17,7 @@ from itertools import chain, islice, repeat
 import regex
 
 from scratchlm.tokenizer import io
-from scratchlm.tokenizer.pretokenize import Splitter, resolve_pattern, split_joinable, unit_split
+from scratchlm.tokenizer.pretokenize import Splitter, check_special_tokens, resolve_pattern, split_joinable, unit_split
 
 CACHE_LIMIT = 1 << 20  # entries per cache; the older half is dropped when full, so memory stays bounded
 LONG_PIECE = 256  # pre-tokens longer than this (in bytes) merge with a heap in O(n log n)
@@ -43,7 +43,7 @@ class Tokenizer:
         self.pattern = resolve_pattern(pattern)
         self.vocab = dict(vocab)
         self.merges = list(merges)
-        self.special_tokens = _check_special_tokens(special_tokens or [])
+        self.special_tokens = check_special_tokens(special_tokens or [])
         self._id_bytes = _check_vocab(self.vocab)
         self._ids_of = {b: i for i, b in sorted(self.vocab.items(), reverse=True)}  # lowest id wins
         self.special_ids = {}
@@ -138,8 +138,13 @@ class Tokenizer:
         Text is regrouped into chunks cut only where the result cannot depend on what follows
         (pretokenize.Splitter.safe_cut), so the ids equal encode("".join(iterable)).
         """
-        for chunk in self._splitter.chunks(iterable, min_chars=1 << 16):
-            yield from self.encode(chunk)
+        for ids in self.encode_chunks(iterable):
+            yield from ids
+
+    def encode_chunks(self, iterable: Iterable[str], min_chars: int = 1 << 16) -> Iterator[list[int]]:
+        """Like encode_iterable, one list of ids per chunk of >= min_chars (for callers that batch)."""
+        for chunk in self._splitter.chunks(iterable, min_chars=min_chars):
+            yield self.encode(chunk)
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Encode text that contains no special tokens."""
@@ -304,14 +309,3 @@ def _check_vocab(vocab: dict[int, bytes]) -> list[bytes]:
     if missing:
         raise ValueError(f"vocabulary lacks {len(missing)} single-byte tokens (e.g. byte {min(missing)}): byte-level BPE needs all 256")
     return [vocab[i] for i in range(len(vocab))]
-
-
-def _check_special_tokens(special_tokens: list[str]) -> list[str]:
-    if isinstance(special_tokens, str):
-        raise ValueError("special_tokens must be a list of strings, not a single string")
-    for s in special_tokens:
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-    if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens must be unique, got {special_tokens}")
-    return list(special_tokens)

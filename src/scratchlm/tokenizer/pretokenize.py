@@ -111,6 +111,18 @@ class Splitter:
             yield buf
 
 
+def check_special_tokens(special_tokens: list[str]) -> list[str]:
+    """The special tokens as a list, after checking they are unique non-empty strings."""
+    if isinstance(special_tokens, str):
+        raise ValueError("special_tokens must be a list of strings, not a single string")
+    for s in special_tokens:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be unique, got {special_tokens}")
+    return list(special_tokens)
+
+
 def special_regex(special_tokens: list[str]) -> regex.Pattern | None:
     """Alternation of the special tokens, longest first so the longest of overlapping ones wins."""
     if not special_tokens:

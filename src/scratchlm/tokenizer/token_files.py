@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,15 @@ def _init_worker(tokenizer: Tokenizer, dtype: np.dtype) -> None:
 def _encode_range(rng: ByteRange) -> tuple[np.ndarray, int]:
     """Token ids of a range, and its text size in UTF-8 bytes."""
     tok: Tokenizer = _WORKER["tokenizer"]
-    ids: list[int] = []
     n_bytes = 0
-    for chunk in tok._splitter.chunks(iter_blocks(rng)):
-        ids += tok.encode(chunk)
-        n_bytes += len(chunk.encode("utf-8"))
+
+    def blocks():
+        nonlocal n_bytes
+        for block in iter_blocks(rng):
+            n_bytes += len(block.encode("utf-8"))
+            yield block
+
+    ids = list(chain.from_iterable(tok.encode_chunks(blocks(), min_chars=1 << 20)))
     return np.array(ids, dtype=_WORKER["dtype"]), n_bytes
 
 

@@ -15,6 +15,7 @@ import heapq
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import regex
 from tqdm.auto import tqdm
 
 from scratchlm.tokenizer.corpus import ByteRange, check_inputs, iter_blocks, plan_ranges, range_bytes
-from scratchlm.tokenizer.pretokenize import PATTERNS, Splitter, resolve_pattern
+from scratchlm.tokenizer.pretokenize import PATTERNS, Splitter, check_special_tokens, resolve_pattern
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,7 @@ class BPETrainConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
-        if len(set(self.special_tokens)) != len(self.special_tokens):
-            raise ValueError(f"special tokens must be unique, got {self.special_tokens}")
-        if any(not isinstance(s, str) or not s for s in self.special_tokens):
-            raise ValueError(f"special tokens must be non-empty strings, got {self.special_tokens!r}")
+        check_special_tokens(self.special_tokens)
         minimum = 256 + len(self.special_tokens)
         if self.vocab_size < minimum:
             raise ValueError(
@@ -78,11 +76,27 @@ def train_bpe(
     per merge in merge order. `options` are the other fields of BPETrainConfig.
     """
     config = BPETrainConfig(vocab_size=vocab_size, special_tokens=list(special_tokens or []), **options)
-    paths = input_path if isinstance(input_path, (list, tuple)) else [input_path]
-    counts = count_pretokens(check_inputs(paths), config)
+    vocab, merges, _ = train_files(input_path if isinstance(input_path, (list, tuple)) else [input_path], config)
+    return vocab, merges
+
+
+def train_files(inputs: list[str | os.PathLike], config: BPETrainConfig) -> tuple[Vocab, Merges, dict]:
+    """(vocab, merges, stats): 1) count pre-tokens in parallel, 2-3) learn merges; stats has sizes and timings."""
+    paths = check_inputs(inputs)
+    t0 = time.perf_counter()
+    counts = count_pretokens(paths, config)
     if not counts:
         raise ValueError(f"empty corpus: no text outside special tokens in {[str(p) for p in paths]}")
-    return learn_bpe(counts, config.vocab_size, config.special_tokens, progress=config.progress)
+    t1 = time.perf_counter()
+    vocab, merges = learn_bpe(counts, config.vocab_size, config.special_tokens, progress=config.progress)
+    stats = {
+        "input_bytes": sum(p.stat().st_size for p in paths),
+        "distinct_pretokens": len(counts),
+        "merges": len(merges),
+        "pretokenize_seconds": round(t1 - t0, 2),
+        "merge_seconds": round(time.perf_counter() - t1, 2),
+    }
+    return vocab, merges, stats
 
 
 # ---------------------------------------------------------------------------------------------
