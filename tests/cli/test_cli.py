@@ -41,8 +41,12 @@ def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path, monke
 def test_speedrun_small(data_path, tmp_path, capsys):
     corpus = "tokenizer/address.txt"
     data_path(corpus)
-    argv = ["speedrun", "--out", str(tmp_path / "run"), "--corpus", corpus, "--set", "tokenizer.vocab_size=300", "--no-tokenizer.progress"]
+    argv = ["speedrun", "--out", str(tmp_path / "run"), "--corpus", corpus, "--set", "tokenizer.vocab_size=300",
+            "--no-tokenizer.progress", "--train.steps=4", "--train.batch_size=2", "--train.model.context_length=16",
+            "--train.sample_tokens=4", "--train.eval_batches=2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "bytes/token" in out and "example" in out
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["tokenizer"]["vocab_size"] == 300
+    assert "bytes/token" in out and "validation: loss" in out and "sample:" in out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["tokenizer"]["vocab_size"] == 300 and config["train"]["model"]["vocab_size"] == 300
+    assert (tmp_path / "run" / "model" / "checkpoint.pt").is_file()

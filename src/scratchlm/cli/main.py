@@ -21,6 +21,10 @@ import scratchlm
 STAGES: dict[str, str] = {
     "data": "where data lives; download public corpora",
     "tokenizer": "train, encode with and inspect byte-level BPE tokenizers",
+    "train": "train a Transformer language model on token files",
+    "generate": "sample text from a checkpoint",
+    "plot": "draw loss and learning-rate curves of training runs",
+    "export": "export checkpoints to Hugging Face (LlamaForCausalLM) and import them back",
     "speedrun": "the whole pipeline end to end on a small default",
 }
 

@@ -12,6 +12,7 @@ from scratchlm.config import add_dataclass_args, add_preset_args, config_from_ar
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_preset_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted training stage")
     add_dataclass_args(parser, speedrun.SpeedrunConfig)
     parser.set_defaults(func=run_cmd)
 
@@ -19,13 +20,19 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     config = config_from_args(args, speedrun.SpeedrunConfig)
     t0 = time.perf_counter()
-    summary = speedrun.run(config)
+    summary = speedrun.run(config, resume=args.resume)
     write_run_info(config.out, config)
-    train = summary["train"]
-    print(f"\n== speedrun finished in {time.perf_counter() - t0:.1f} s -> {config.out}")
-    print(f"corpus: {', '.join(summary['corpus'])} ({train['input_bytes'] / 1e6:.1f} MB on disk)")
-    print(f"tokenizer: {train['vocab_size']} tokens, trained in {train['pretokenize_seconds'] + train['merge_seconds']:.1f} s")
-    print(f"token file: {summary['tokens']:,} tokens")
+    tok, training = summary["tokenizer"], summary["training"]
+    print(f"\n== speedrun finished in {time.perf_counter() - t0:.0f} s -> {config.out}")
+    print(f"corpus: {', '.join(summary['corpus'])} ({tok['input_bytes'] / 1e6:.1f} MB)")
+    print(f"tokenizer: {tok['vocab_size']} tokens, trained in {tok['pretokenize_seconds'] + tok['merge_seconds']:.1f} s; "
+          f"training split {summary['tokens']:,} tokens")
     print(format_stats(summary["stats"]))
-    print(f"example ({len(summary['example'])} tokens): {summary['example']}")
+    print(f"model: {summary['params'] / 1e6:.2f}M parameters, {training['steps']} steps, {training['tokens']:,} tokens "
+          f"in {training['seconds']:.0f} s")
+    if training["val"]:
+        val = training["val"]
+        print(f"validation: loss {val['loss']:.3f} nats/token, perplexity {val['perplexity']:.1f}, {val['bits_per_byte']:.3f} bits/byte")
+    if training["sample"]:
+        print(f"sample: {training['sample']!r}")
     return 0

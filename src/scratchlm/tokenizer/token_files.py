@@ -66,19 +66,39 @@ def encode_files(
         bar.close()
         if pool is not None:
             pool.terminate()
+    sources = [{"path": str(p), "file_bytes": p.stat().st_size, "text_bytes": text_bytes[str(p)]} for p in paths]
+    return write_sidecar(out_path, count=count, vocab_size=tokenizer.vocab_size, tokenizer_sha256=tokenizer.hash,
+                         special_tokens=tokenizer.special_ids, text_bytes=sum(text_bytes.values()), sources=sources)
+
+
+def write_sidecar(path: str | os.PathLike, *, count: int, vocab_size: int, tokenizer_sha256: str,
+                  special_tokens: dict[str, int], text_bytes: int, sources: list[dict] | None = None) -> dict:
+    """Write the JSON sidecar of the token file at `path` (written already); returns its contents."""
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "dtype": dtype.name,
+        "dtype": token_dtype(vocab_size).name,
         "count": count,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_sha256": tokenizer.hash,
-        "special_tokens": tokenizer.special_ids,
-        "text_bytes": sum(text_bytes.values()),  # UTF-8 bytes of text, uncompressed
-        "sources": [{"path": str(p), "file_bytes": p.stat().st_size, "text_bytes": text_bytes[str(p)]} for p in paths],
+        "vocab_size": vocab_size,
+        "tokenizer_sha256": tokenizer_sha256,
+        "special_tokens": special_tokens,
+        "text_bytes": text_bytes,  # UTF-8 bytes of text, uncompressed
+        "sources": sources or [],
     }
-    write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def write_token_file(path: str | os.PathLike, ids: np.ndarray, *, vocab_size: int, tokenizer_sha256: str,
+                     text_bytes: int, special_tokens: dict[str, int] | None = None) -> dict:
+    """A token file from ids already in memory (other pipelines, tests); returns the sidecar contents."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]")
+    with atomic_path(path) as tmp:
+        ids.astype(token_dtype(vocab_size)).tofile(tmp)
+    return write_sidecar(path, count=int(ids.size), vocab_size=vocab_size, tokenizer_sha256=tokenizer_sha256,
+                         special_tokens=special_tokens or {}, text_bytes=text_bytes)
 
 
 _WORKER: dict = {}

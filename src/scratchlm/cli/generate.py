@@ -1,0 +1,45 @@
+"""`scratchlm generate`: sample text from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from scratchlm.inference import generate
+from scratchlm.tokenizer import Tokenizer
+from scratchlm.train.checkpoint import load_trained_model
+from scratchlm.train.data import resolve_device
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the run folder's tokenizer/)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.set_defaults(func=generate_cmd)
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    if args.max_new_tokens <= 0:
+        raise ValueError("--max-new-tokens must be positive")
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else trained.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"no tokenizer beside {args.checkpoint}; pass --tokenizer")
+    if tokenizer.vocab_size > trained.model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, more than the model's {trained.model.config.vocab_size}")
+    eot = tokenizer.special_ids.get("<|endoftext|>")
+    prompt = tokenizer.encode(args.prompt)
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        ids = generate(trained.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=seed, stop_ids=[] if eot is None else [eot])
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(args.prompt + tokenizer.decode([t for t in ids if t != eot]))
+    return 0

@@ -1,0 +1,115 @@
+"""Causal self-attention and its interchangeable implementations ("backends").
+
+Every backend takes q: (batch, n_heads, q_len, head_dim), k and v: (batch, n_kv_heads, kv_len, head_dim)
+with n_heads a multiple of n_kv_heads (grouped-query attention), and returns (batch, n_heads, q_len,
+head_dim). Queries are the LAST q_len positions of the kv_len keys (so the same call serves training,
+prefill and one-token decode with a cache), attending causally and, optionally, only to the last
+`sliding_window` positions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scratchlm.model.config import ModelConfig
+from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, softmax
+from scratchlm.model.rope import RotaryEmbedding
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "int | None"], Tensor]
+
+
+def causal_mask(q_len: int, kv_len: int, sliding_window: int | None = None, device: torch.device | None = None) -> Tensor:
+    """(q_len, kv_len) bool, True where query i (at position kv_len - q_len + i) may attend to key j."""
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if sliding_window is not None:
+        allowed &= q_pos - k_pos < sliding_window
+    return allowed
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d), masked) v. q: (..., q_len, d), k/v: (..., kv_len, d), mask: bool broadcastable
+    to (..., q_len, kv_len), True = attend. Scores and softmax in float32 (or wider)."""
+    wide = compute_dtype(q.dtype)
+    scores = (q.to(wide) @ k.to(wide).transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1).to(v.dtype) @ v
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None) -> Tensor:
+    """Ours, any device. GQA without copying k/v: the query heads of one group share a broadcast k/v head."""
+    b, n_heads, q_len, hd = q.shape
+    n_kv, kv_len = k.shape[1], k.shape[2]
+    mask = causal_mask(q_len, kv_len, sliding_window, q.device)
+    q = q.view(b, n_kv, n_heads // n_kv, q_len, hd)
+    out = scaled_dot_product_attention(q, k.unsqueeze(2), v.unsqueeze(2), mask)
+    return out.reshape(b, n_heads, q_len, hd)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None) -> Tensor:
+    """PyTorch's fused attention: the baseline to beat, and the fastest option on GPU until `flash` lands."""
+    gqa = q.shape[1] != k.shape[1]
+    if sliding_window is None and q.shape[2] == k.shape[2]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = causal_mask(q.shape[2], k.shape[2], sliding_window, q.device)  # is_causal aligns top-left: spell it out
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+ATTENTION_BACKENDS: dict[str, AttentionFn] = {"naive": naive_attention, "sdpa": sdpa_attention}
+# Backends that live in optional modules, imported on first use (Triton is only there with a GPU stack).
+LAZY_BACKENDS = {"flash": "scratchlm.kernels.flash_attention"}
+
+
+def get_attention(name: str, device_type: str) -> AttentionFn:
+    """The backend `name` for tensors on `device_type`; "auto" picks the fastest available there."""
+    if name == "auto":
+        name = "sdpa" if device_type == "cuda" else "naive"
+    if name not in ATTENTION_BACKENDS and name in LAZY_BACKENDS:
+        try:
+            importlib.import_module(LAZY_BACKENDS[name])  # registers itself in ATTENTION_BACKENDS
+        except ModuleNotFoundError as e:
+            raise ValueError(f"attention backend {name!r} is not available ({e}); use 'naive' or 'sdpa'") from e
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(ATTENTION_BACKENDS) + ['auto']}")
+    return ATTENTION_BACKENDS[name]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with RoPE and optional QK-norm.
+
+    q, k and v come from one fused projection: rows [0, H*hd) are q, then K*hd rows of k, then K*hd of v.
+    """
+
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.sliding_window, self.backend = config.sliding_window, config.attention
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        std = math.sqrt(2.0 / (config.d_model + q_dim))  # as separate q, k, v matrices
+        self.qkv_proj = Linear(config.d_model, q_dim + 2 * kv_dim, std=std, device=device, dtype=dtype)
+        self.o_proj = Linear(q_dim, config.d_model, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
+        self.rope = rope
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:  # x: (batch, seq, d_model) -> same
+        b, t, _ = x.shape
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split((q_dim, kv_dim, kv_dim), dim=-1)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (b, H, t, hd)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, K, t, hd)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rope(q, positions), self.rope(k, positions)
+        out = get_attention(self.backend, x.device.type)(q, k, v, self.sliding_window)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim))

@@ -1,0 +1,106 @@
+"""The building blocks, written on tensors: Linear, Embedding, RMSNorm, SwiGLU, softmax."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types (their sums and exponentials lose too much), the dtype itself when wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+    """In-place N(0, std^2) truncated at +-3 std (keeps rare huge initial weights out)."""
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+class Linear(nn.Module):
+    """y = x W^T, no bias. W: (d_out, d_in), initialised N(0, std^2) truncated at 3 std, std = sqrt(2/(d_in + d_out))
+    unless given."""
+
+    def __init__(self, d_in: int, d_out: int, std: float | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.std = math.sqrt(2.0 / (d_in + d_out)) if std is None else std
+        self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.weight, self.std)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
+        return x @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}"
+
+
+class Embedding(nn.Module):
+    """Token id -> vector lookup. weight: (vocab_size, d_model), initialised N(0, std^2) truncated at 3 std."""
+
+    def __init__(self, vocab_size: int, d_model: int, std: float = 1.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.vocab_size, self.d_model, self.std = vocab_size, d_model, std
+        self.weight = nn.Parameter(torch.empty(vocab_size, d_model, device=device, dtype=dtype))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.weight, self.std)
+
+    def forward(self, token_ids: Tensor) -> Tensor:  # (...) long -> (..., d_model)
+        return self.weight[token_ids]
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.vocab_size}, d_model={self.d_model}"
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g over the last dimension, computed in at least float32 (bf16 squares lose too much), cast back."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same
+        wide = x.to(compute_dtype(x.dtype))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.to(wide.dtype)).to(x.dtype)
+
+
+def silu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(x)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)). Gate and up share one matrix (one GEMM instead of two): rows [0, d_ff) are
+    the gate, rows [d_ff, 2 d_ff) the up projection."""
+
+    def __init__(self, d_model: int, d_ff: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.d_ff = d_ff
+        std = math.sqrt(2.0 / (d_model + d_ff))  # as two separate d_model x d_ff matrices
+        self.gate_up_proj = Linear(d_model, 2 * d_ff, std=std, device=device, dtype=dtype)
+        self.down_proj = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same
+        gate, up = self.gate_up_proj(x).split(self.d_ff, dim=-1)
+        return self.down_proj(silu(gate) * up)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x - max) / sum: stable for any finite input and for rows that are -inf except at least one entry."""
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    e = torch.exp(shifted)
+    return e / e.sum(dim=dim, keepdim=True)

@@ -1,0 +1,73 @@
+"""Pre-norm Transformer block and the `TransformerLM`: embeddings -> blocks -> final norm -> LM head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scratchlm.model.attention import CausalSelfAttention
+from scratchlm.model.config import ModelConfig
+from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
+from scratchlm.model.rope import RotaryEmbedding
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + ffn(norm(x))."""
+
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.attn = CausalSelfAttention(config, rope, device=device, dtype=dtype)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:  # (batch, seq, d_model) -> same
+        x = x + self.attn(self.attn_norm(x), positions)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class TransformerLM(nn.Module):
+    """A decoder-only language model. Single-device by design: parallelism wraps it from outside."""
+
+    def __init__(self, config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        # Tied: the table is also the output layer, so it gets the output layer's scale (logits ~ N(0, 1)).
+        embed_std = config.d_model ** -0.5 if config.tie_embeddings else 1.0
+        self.embed = Embedding(config.vocab_size, config.d_model, std=embed_std, device=device, dtype=dtype)
+        rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta, device=device)
+        self.layers = nn.ModuleList(Block(config, rope, device=device, dtype=dtype) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and buffer, e.g. after building on the meta device and `to_empty`."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
+
+    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """token_ids: (batch, seq) long; token_positions: (seq,) or (batch, seq), default 0..seq-1.
+        Returns logits (batch, seq, vocab_size) in the compute dtype."""
+        seq = token_ids.shape[-1]
+        if seq > self.config.context_length:  # explicit positions must also be < context_length (not checked:
+            # reading them would wait for the GPU)
+            raise ValueError(f"sequence of {seq} tokens exceeds context_length {self.config.context_length}")
+        if token_positions is None:
+            token_positions = torch.arange(seq, device=token_ids.device)
+        x = self.embed(token_ids)
+        for layer in self.layers:
+            x = layer(x, token_positions)
+        return self.output(self.norm(x))
+
+    def output(self, h: Tensor) -> Tensor:  # (..., d_model) -> (..., vocab_size)
+        return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Counted from the module (tied weights once); equals `config.n_params(embeddings)`."""
+        params = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in params.values())
+        if not embeddings and self.lm_head is not None:
+            total -= self.embed.weight.numel()
+        return total
