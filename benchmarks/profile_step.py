@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scratchlm.config import build_config  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
-from train_throughput import huggingface, ours  # noqa: E402
+from train_throughput import IMPLS  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     tokens = torch.randint(0, cfg.model.vocab_size, (args.batch, seq + 1), device="cuda")
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     for name in args.impl.split(","):
-        step = {"scratchlm": ours, "huggingface": huggingface}[name](cfg, True)
+        step = IMPLS[name](cfg, argparse.Namespace(no_compile=False, compile_mode="default"))
         for _ in range(5):
             step(x, y)
         torch.cuda.synchronize()

@@ -39,7 +39,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_BATCH = {"tinystories-17m": 128, "gpt2-small-124m": 32, "gpt-350m": 16}
 
 
-def ours(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def compiled(fn: Callable, args: argparse.Namespace) -> Callable:
+    if args.no_compile:
+        return fn
+    return torch.compile(fn, mode=None if args.compile_mode == "default" else args.compile_mode)
+
+
+def ours(cfg: TrainConfig, args: argparse.Namespace) -> Callable[[torch.Tensor, torch.Tensor], None]:
     model = TransformerLM(cfg.model, device="cuda")
     optimizer = build_optimizer(model, cfg.optimizer)
 
@@ -48,7 +54,7 @@ def ours(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, torch.Tens
             logits = model(x)
         return cross_entropy(logits, y)
 
-    loss_fn = torch.compile(loss_fn) if compile_ else loss_fn
+    loss_fn = compiled(loss_fn, args)
 
     def step(x, y):
         loss_fn(x, y).backward()
@@ -59,7 +65,7 @@ def ours(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, torch.Tens
     return step
 
 
-def huggingface(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def huggingface(cfg: TrainConfig, args: argparse.Namespace) -> Callable[[torch.Tensor, torch.Tensor], None]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_config = LlamaConfig(**llama_config(cfg.model))
@@ -75,7 +81,7 @@ def huggingface(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, tor
             logits = model(input_ids=x).logits
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
-    loss_fn = torch.compile(loss_fn) if compile_ else loss_fn
+    loss_fn = compiled(loss_fn, args)
 
     def step(x, y):
         loss_fn(x, y).backward()
@@ -84,6 +90,11 @@ def huggingface(cfg: TrainConfig, compile_: bool) -> Callable[[torch.Tensor, tor
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+IMPLS = {"scratchlm": ours, "huggingface": huggingface}
+SDPA_BACKENDS = {"flash": torch.backends.cuda.enable_flash_sdp, "cudnn": torch.backends.cuda.enable_cudnn_sdp,
+                 "efficient": torch.backends.cuda.enable_mem_efficient_sdp}
 
 
 def time_steps(step: Callable, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
@@ -105,13 +116,13 @@ def bench_preset(preset: str, batch: int, args: argparse.Namespace) -> dict:
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     flops_per_token = cfg.model.flops_per_token(seq)
     peak = peak_flops(torch.device("cuda"), torch.bfloat16)
-    impls = {"scratchlm": ours, "huggingface": huggingface}
+    impls = {name: IMPLS[name] for name in args.impl.split(",")}
     steps, compile_seconds, memory = {}, {}, {}
     for name, make in impls.items():
         torch.manual_seed(0)
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        steps[name] = make(cfg, not args.no_compile)
+        steps[name] = make(cfg, args)
         for _ in range(args.warmup):
             steps[name](x, y)
         torch.cuda.synchronize()
@@ -130,21 +141,22 @@ def bench_preset(preset: str, batch: int, args: argparse.Namespace) -> dict:
                       "peak_memory_gib": memory[name], "compile_and_warmup_seconds": compile_seconds[name]}
     del steps
     torch.cuda.empty_cache()
+    speedup = rows["huggingface"]["seconds_per_step"] / rows["scratchlm"]["seconds_per_step"] if len(rows) == 2 else None
     return {"preset": preset, "batch": batch, "seq_len": seq, "params": cfg.model.n_params(),
-            "flops_per_token": flops_per_token, "results": rows,
-            "speedup": rows["huggingface"]["seconds_per_step"] / rows["scratchlm"]["seconds_per_step"]}
+            "flops_per_token": flops_per_token, "results": rows, "speedup": speedup}
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Training throughput: scratchlm vs Hugging Face Llama ({report['device']})", "",
              f"torch {report['torch']}, transformers {report['transformers']}, bf16 autocast, "
-             f"compile={report['compile']}, {report['steps']} steps x {report['repeats']} repeats (median).", "",
+             f"compile={report['compile']}, SDPA backend {report['sdpa_backend']}, {report['steps']} steps x "
+             f"{report['repeats']} repeats (median).", "",
              "| preset | params | batch x seq | impl | tokens/s | TFLOP/s | MFU | peak mem GiB | speedup |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         for name, row in r["results"].items():
             mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] else "n/a"
-            speed = f"{r['speedup']:.2f}x" if name == "scratchlm" else ""
+            speed = f"{r['speedup']:.2f}x" if name == "scratchlm" and r["speedup"] else ""
             lines.append(f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['batch']} x {r['seq_len']} | {name} | "
                          f"{row['tokens_per_second']:,.0f} | {row['tflops']:.0f} | {mfu} | {row['peak_memory_gib']:.1f} | {speed} |")
     return "\n".join(lines) + "\n"
@@ -158,11 +170,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--sdpa-backend", default="default", choices=["default", *SDPA_BACKENDS],
+                        help="force PyTorch's SDPA kernel (for both implementations)")
+    parser.add_argument("--impl", default="scratchlm,huggingface")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.sdpa_backend != "default":
+        for name, enable in SDPA_BACKENDS.items():
+            enable(name == args.sdpa_backend)
     import transformers
 
     runs = []
@@ -170,9 +189,9 @@ def main() -> None:
         runs.append(bench_preset(preset, args.batch or DEFAULT_BATCH.get(preset, 16), args))
         r = runs[-1]
         print(f"{preset}: " + ", ".join(f"{k} {v['tokens_per_second']:,.0f} tok/s MFU {100 * (v['mfu'] or 0):.1f}%"
-                                        for k, v in r["results"].items()) + f", speedup {r['speedup']:.2f}x", flush=True)
+                                        for k, v in r["results"].items()), flush=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-              "compile": not args.no_compile, "steps": args.steps, "repeats": args.repeats, "runs": runs,
+              "compile": args.compile_mode if not args.no_compile else False, "sdpa_backend": args.sdpa_backend, "steps": args.steps, "repeats": args.repeats, "runs": runs,
               "run_info": run_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -31,6 +31,10 @@ def test_learns_and_matches_the_golden_curve(tmp_path, token_files):
     summary = Trainer(tiny_config(tmp_path / "run", token_files)).fit(report=lambda _: None)
     losses = train_losses(tmp_path / "run")
     assert losses[1] > 4.0 and summary["val"]["loss"] < 2.0  # log(64) = 4.16 at init; the chain's entropy ~1.1
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    val = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run") if r["split"] == "val"}
+    assert best["val_loss"] == min(val.values()) == summary["best_val_loss"] and best["step"] == min(val, key=val.get)
+    assert best["optimizer"] is None
     curve = [round(losses[s], 4) for s in sorted(losses)]
     if os.environ.get("SCRATCHLM_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps({"torch": torch.__version__, "losses": curve}, indent=1) + "\n")

@@ -21,7 +21,7 @@ def logsumexp(x: Tensor) -> Tensor:
     """
     row_max = x.amax(dim=-1, keepdim=True).detach()  # (..., 1)
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)  # an all -inf row gives -inf, not nan
-    return (x - row_max).exp().sum(dim=-1).log() + row_max.squeeze(-1)
+    return (x - row_max).exp_().sum(dim=-1).log() + row_max.squeeze(-1)  # exp_ on the fresh difference: one pass fewer
 
 
 def _nll_and_logsumexp(logits: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,10 +75,11 @@ class _CrossEntropy(torch.autograd.Function):
         logits, targets, lse, keep, count = ctx.saved_tensors
         scale = torch.where(keep, grad_loss / count, 0.0)  # (...)
         probs_scale = scale * (1 + 2 * ctx.z_loss_weight * lse) if ctx.z_loss_weight != 0 else scale
-        probs = torch.exp(logits.float() - lse.unsqueeze(-1))  # (..., V)
-        vocab = torch.arange(logits.shape[-1], device=logits.device)
-        onehot = vocab == targets.unsqueeze(-1)  # (..., V) bool, fused away by the compiler
-        grad = probs * probs_scale.unsqueeze(-1) - torch.where(onehot, scale.unsqueeze(-1), 0.0)
+        # In place on one fresh float32 buffer: three passes over (..., V) instead of autograd's six or seven
+        # (this dominates a small model's step on the CPU).
+        grad = (logits.float() - lse.unsqueeze(-1)).exp_().mul_(probs_scale.unsqueeze(-1))  # softmax * scale
+        safe_targets = torch.where(keep, targets, 0).unsqueeze(-1)  # ignored rows have scale 0
+        grad.scatter_add_(-1, safe_targets, -scale.unsqueeze(-1))  # - onehot * scale
         return grad.to(logits.dtype), None, None, None
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     eval_interval: int = field(default=100, metadata={"help": "steps between validation losses (0: only at the end)"})
     eval_batches: int = field(default=20, metadata={"help": "validation batches per evaluation"})
     checkpoint_interval: int = field(default=500, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    keep_best: bool = field(default=True, metadata={"help": "also keep the weights with the lowest validation loss in best.pt"})
     sample_tokens: int = field(default=64, metadata={"help": "tokens to sample at the end (0: none; needs data.tokenizer)"})
     sample_prompt: str = field(default="Once upon a time", metadata={"help": "prompt of the final sample"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard (needs the tensorboard package)"})

@@ -32,13 +32,13 @@ from scratchlm.train.metrics import MetricsLog, peak_flops, step_line, truncate_
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 # Settings that may change when resuming (how long, how often); anything else must match the checkpoint.
 RESUMABLE_CHANGES = {"steps", "log_interval", "eval_interval", "eval_batches", "checkpoint_interval", "sample_tokens",
-                     "sample_prompt", "tensorboard", "compile", "device"}
+                     "sample_prompt", "tensorboard", "compile", "device", "keep_best"}
 
 
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
@@ -49,7 +49,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
-        self.dtype = compute_dtype(cfg.dtype, self.device)
+        self.dtype = autocast_dtype(cfg.dtype, self.device)
         state = self._checkpoint_to_resume(resume)
         if not cfg.data.train:
             raise ConfigError("no training data: set data.train to a token file (from `scratchlm tokenizer encode`)")
@@ -67,12 +67,12 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.model = TransformerLM(cfg.model, device=self.device)
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
-        self.step = 0
+        self.step, self.best_val_loss = 0, math.inf
         if state is not None:
             load_model_state(self.model, state["model"], self.out / CHECKPOINT)
             self.optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"])
-            self.step = state["step"]
+            self.step, self.best_val_loss = state["step"], state.get("best_val_loss", math.inf)
             truncate_metrics(self.out, self.step)
             log.info("resuming %s at step %d", self.out, self.step)
         self.loss_fn = torch.compile(self._loss) if cfg.compile else self._loss
@@ -173,6 +173,7 @@ class Trainer:
                     t_eval = self._synchronized_time()
                     val = self.evaluate()
                     metrics.log({"step": self.step, "split": "val", **val})
+                    self._keep_if_best(val["loss"])
                     report(f"step {self.step}: val loss {val['loss']:.4f} | ppl {val['perplexity']:.2f} | "
                            f"{val['bits_per_byte']:.3f} bits/byte")
                     t_last += time.perf_counter() - t_eval  # evaluation time is not training throughput
@@ -186,7 +187,8 @@ class Trainer:
             val = self.evaluate()
         summary = {"steps": self.step, "tokens": self.step * cfg.tokens_per_step,
                    "seconds": time.perf_counter() - t_start, "resumed_from": start_step or None,
-                   "val": val, "sample": self.sample()}
+                   "val": val, "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+                   "sample": self.sample()}
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -214,7 +216,16 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer, step=self.step,
-                        config=to_dict(self.cfg), tokenizer_sha256=self.tokenizer_sha256)
+                        config=to_dict(self.cfg), tokenizer_sha256=self.tokenizer_sha256, best_val_loss=self.best_val_loss)
+
+    def _keep_if_best(self, val_loss: float) -> None:
+        """Weights only (no optimizer state) of the best validation loss so far: small runs on little data
+        overfit, and the end of a run is then not its best point."""
+        if not self.cfg.keep_best or val_loss >= self.best_val_loss:
+            return
+        self.best_val_loss = val_loss
+        save_checkpoint(self.out / BEST, model=self.model, optimizer=None, step=self.step, config=to_dict(self.cfg),
+                        tokenizer_sha256=self.tokenizer_sha256, val_loss=val_loss)
 
     def sample(self) -> str | None:
         if self.tokenizer is None or not self.cfg.sample_tokens:
@@ -229,4 +240,4 @@ def train(cfg: TrainConfig, resume: bool = False, report: Callable[[str], None] 
     return Trainer(cfg, resume=resume).fit(report)
 
 
-__all__ = ["Trainer", "train", "compute_dtype", "CHECKPOINT"]
+__all__ = ["Trainer", "train", "autocast_dtype", "CHECKPOINT", "BEST"]
