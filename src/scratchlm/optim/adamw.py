@@ -13,11 +13,13 @@ of kernels per group instead of several per parameter.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from scratchlm.optim.base import Closure, evaluate_closure
 
 
 def group_by_device_and_dtype(params: list[Tensor]) -> list[list[Tensor]]:
@@ -50,12 +52,9 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float | Tensor] | None = None) -> float | Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | Tensor | None:
         """One update of every parameter that has a gradient; params whose grad is None keep value and state."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None]
             for params in group_by_device_and_dtype(with_grad):

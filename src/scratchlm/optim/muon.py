@@ -8,11 +8,13 @@ rather than an SVD. Embeddings, the output head and 1-D gains are left to AdamW 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from scratchlm.optim.base import Closure, evaluate_closure
 
 # Quintic coefficients from Keller Jordan's Muon: they maximize the slope at 0 (fast growth of small singular
 # values) at the price of not converging: singular values end up roughly in [0.5, 1.5] instead of at 1,
@@ -78,12 +80,9 @@ class Muon(torch.optim.Optimizer):
                 raise ValueError(f"Muon only takes 2-D parameters, got one of shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float | Tensor] | None = None) -> float | Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | Tensor | None:
         """One update of every parameter that has a gradient; params whose grad is None keep value and state."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

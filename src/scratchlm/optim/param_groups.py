@@ -8,13 +8,13 @@ are per-token lookups/readouts rather than one linear map whose singular directi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from scratchlm.optim.adamw import AdamW
+from scratchlm.optim.base import Closure, evaluate_closure
 from scratchlm.optim.config import OptimizerConfig
 from scratchlm.optim.muon import Muon
 
@@ -38,12 +38,9 @@ class CombinedOptimizer:
         return [group for opt in self.optimizers for group in opt.param_groups]
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float | Tensor] | None = None) -> float | Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | Tensor | None:
         """Step every member; the closure (if any) is evaluated once, not once per member."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for opt in self.optimizers:
             opt.step()
         return loss
