@@ -208,3 +208,17 @@ def test_softmax_low_precision(dtype):
     assert out.dtype == dtype
     tol = FLOAT32 if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(out.double(), torch.softmax(x.double(), -1), **tol)
+
+
+def test_fused_layers_tag_their_row_splits_through_meta_init():
+    from scratchlm.model import ModelConfig, TransformerLM
+
+    model = TransformerLM(ModelConfig(vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, n_layers=1, context_length=8),
+                          device="meta")
+    model.to_empty(device="cpu")
+    model.init_weights()
+    model.to(torch.float64)
+    assert model.layers[0].attn.qkv_proj.weight.row_splits == (32, 16, 16)
+    assert model.layers[0].ffn.gate_up_proj.weight.row_splits == (model.config.ffn_dim, model.config.ffn_dim)
+    with pytest.raises(ValueError, match="add up"):
+        Linear(4, 6, row_splits=(3, 2))

@@ -107,3 +107,18 @@ def test_param_without_grad_is_untouched() -> None:
     opt.step()
     assert torch.equal(b, torch.ones(4, 4)) and b not in opt.state
     assert not torch.equal(a, torch.ones(4, 4))
+
+
+def test_fused_parameter_with_row_splits_equals_separate_parameters() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(3, 4)
+    grads = [(torch.randn(6, 4), torch.randn(3, 4)) for _ in range(3)]
+    pa, pb = torch.nn.Parameter(a.clone()), torch.nn.Parameter(b.clone())
+    fused = torch.nn.Parameter(torch.cat([a, b]))
+    fused.row_splits = (6, 3)
+    separate, together = Muon([pa, pb], lr=0.1, weight_decay=0.01), Muon([fused], lr=0.1, weight_decay=0.01)
+    for ga, gb in grads:
+        pa.grad, pb.grad, fused.grad = ga, gb, torch.cat([ga, gb])
+        separate.step()
+        together.step()
+    torch.testing.assert_close(fused.detach(), torch.cat([pa, pb]).detach())

@@ -95,7 +95,8 @@ class CausalSelfAttention(nn.Module):
         self.sliding_window, self.backend = config.sliding_window, config.attention
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         std = math.sqrt(2.0 / (config.d_model + q_dim))  # as separate q, k, v matrices
-        self.qkv_proj = Linear(config.d_model, q_dim + 2 * kv_dim, std=std, device=device, dtype=dtype)
+        self.qkv_proj = Linear(config.d_model, q_dim + 2 * kv_dim, std=std, row_splits=(q_dim, kv_dim, kv_dim),
+                               device=device, dtype=dtype)
         self.o_proj = Linear(q_dim, config.d_model, device=device, dtype=dtype)
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None

@@ -20,18 +20,26 @@ def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
 
 class Linear(nn.Module):
     """y = x W^T, no bias. W: (d_out, d_in), initialised N(0, std^2) truncated at 3 std, std = sqrt(2/(d_in + d_out))
-    unless given."""
+    unless given. `row_splits` marks a fused layer: W is the row-wise stack of matrices of these heights."""
 
-    def __init__(self, d_in: int, d_out: int, std: float | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+    def __init__(self, d_in: int, d_out: int, std: float | None = None, row_splits: tuple[int, ...] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
         self.std = math.sqrt(2.0 / (d_in + d_out)) if std is None else std
+        if row_splits is not None and sum(row_splits) != d_out:
+            raise ValueError(f"row_splits {row_splits} must add up to d_out = {d_out}")
+        self.row_splits = row_splits
         self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
         self.init_weights()
 
     def init_weights(self) -> None:
         trunc_normal_(self.weight, self.std)
+        if self.row_splits is not None:
+            # A fused layer (q/k/v, gate/up) is several matrices stacked by rows; optimizers that treat a
+            # matrix as one linear map (Muon) read this tag to handle each separately. Set here so that it
+            # survives materialising from the meta device (to_empty makes new Parameters, then init_weights).
+            self.weight.row_splits = self.row_splits
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
         return x @ self.weight.T
@@ -91,7 +99,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.d_ff = d_ff
         std = math.sqrt(2.0 / (d_model + d_ff))  # as two separate d_model x d_ff matrices
-        self.gate_up_proj = Linear(d_model, 2 * d_ff, std=std, device=device, dtype=dtype)
+        self.gate_up_proj = Linear(d_model, 2 * d_ff, std=std, row_splits=(d_ff, d_ff), device=device, dtype=dtype)
         self.down_proj = Linear(d_ff, d_model, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same

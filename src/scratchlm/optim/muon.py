@@ -45,6 +45,12 @@ def zeropower_via_newtonschulz(G: Tensor, steps: int = 5) -> Tensor:
     return X.to(G.dtype)
 
 
+def orthogonalized_update(direction: Tensor, ns_steps: int) -> Tensor:
+    """The orthogonalised (rows, cols) direction, scaled by sqrt(max(1, rows/cols)) so that tall matrices'
+    updates have the same per-element size as square ones'."""
+    return zeropower_via_newtonschulz(direction, ns_steps) * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters only; per-parameter state `momentum_buffer` (shaped like the param).
 
@@ -99,8 +105,10 @@ class Muon(torch.optim.Optimizer):
         momentum = group["momentum"]
         buf.lerp_(grad, 1 - momentum)
         direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
-        update = zeropower_via_newtonschulz(direction, group["ns_steps"])
-        scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+        # A fused parameter (q/k/v or gate/up stacked by rows, see `Linear.row_splits`) is several linear maps:
+        # each is orthogonalised and scaled on its own, as if it were a separate parameter.
+        blocks = direction.split(list(getattr(p, "row_splits", None) or (p.size(0),)))
+        update = torch.cat([orthogonalized_update(block, group["ns_steps"]) for block in blocks])
         if group["weight_decay"] != 0:
             p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"] * scale)
+        p.add_(update, alpha=-group["lr"])
