@@ -45,10 +45,20 @@ def zeropower_via_newtonschulz(G: Tensor, steps: int = 5) -> Tensor:
     return X.to(G.dtype)
 
 
-def orthogonalized_update(direction: Tensor, ns_steps: int) -> Tensor:
-    """The orthogonalised (rows, cols) direction, scaled by sqrt(max(1, rows/cols)) so that tall matrices'
-    updates have the same per-element size as square ones'."""
-    return zeropower_via_newtonschulz(direction, ns_steps) * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+def orthogonalized_updates(directions: list[Tensor], ns_steps: int) -> list[Tensor]:
+    """Each (rows, cols) direction orthogonalised and scaled by sqrt(max(1, rows/cols)) (so tall matrices'
+    updates have the per-element size of square ones'), in input order. A fused parameter's blocks
+    (`Linear.row_splits`) come in as separate directions: each is one linear map of its own."""
+    out: list[Tensor | None] = [None] * len(directions)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, d in enumerate(directions):
+        by_shape.setdefault((d.shape, d.device, d.dtype), []).append(i)
+    for (shape, _, _), indices in by_shape.items():
+        stacked = zeropower_via_newtonschulz(torch.stack([directions[i] for i in indices]), ns_steps)  # (n, r, c)
+        scale = max(1.0, shape[0] / shape[1]) ** 0.5
+        for i, update in zip(indices, stacked.unbind(0)):
+            out[i] = update * scale
+    return out
 
 
 class Muon(torch.optim.Optimizer):
@@ -87,28 +97,29 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> float | Tensor | None:
-        """One update of every parameter that has a gradient; params whose grad is None keep value and state."""
+        """One update of every parameter that has a gradient; params whose grad is None keep value and state.
+
+        The Newton–Schulz iterations of all equally shaped matrices of a group run as one batched product
+        (every layer's q, o, gate, ... at once): a handful of large GEMMs instead of many small launches.
+        """
         loss = evaluate_closure(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            directions = [self._momentum_direction(p, group) for p in params]
+            blocks = [d.split(list(getattr(p, "row_splits", None) or (p.size(0),))) for p, d in zip(params, directions)]
+            updates = iter(orthogonalized_updates([b for bs in blocks for b in bs], group["ns_steps"]))
+            for p, bs in zip(params, blocks):
+                update = torch.cat([next(updates) for _ in bs])
+                if group["weight_decay"] != 0:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
         return loss
 
-    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
-        """The Muon update of one (rows, cols) parameter."""
-        grad = p.grad  # (rows, cols)
+    def _momentum_direction(self, p: Tensor, group: dict[str, Any]) -> Tensor:
+        """Update p's momentum buffer with its gradient; return the (Nesterov) direction to orthogonalise."""
         state = self.state[p]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         buf = state["momentum_buffer"]  # (rows, cols)
-        momentum = group["momentum"]
-        buf.lerp_(grad, 1 - momentum)
-        direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
-        # A fused parameter (q/k/v or gate/up stacked by rows, see `Linear.row_splits`) is several linear maps:
-        # each is orthogonalised and scaled on its own, as if it were a separate parameter.
-        blocks = direction.split(list(getattr(p, "row_splits", None) or (p.size(0),)))
-        update = torch.cat([orthogonalized_update(block, group["ns_steps"]) for block in blocks])
-        if group["weight_decay"] != 0:
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"])
+        buf.lerp_(p.grad, 1 - group["momentum"])
+        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
