@@ -2,9 +2,10 @@
 
 Every backend takes q: (batch, n_heads, q_len, head_dim), k and v: (batch, n_kv_heads, kv_len, head_dim)
 with n_heads a multiple of n_kv_heads (grouped-query attention), and returns (batch, n_heads, q_len,
-head_dim). Queries are the LAST q_len positions of the kv_len keys (so the same call serves training,
-prefill and one-token decode with a cache), attending causally and, optionally, only to the last
-`sliding_window` positions.
+head_dim). Without `mask`, queries are the LAST q_len positions of the kv_len keys, attending causally
+and, optionally, only to the last `sliding_window` positions. With `mask` (bool, broadcastable to
+(batch, 1, q_len, kv_len), True = attend; see `position_mask`) the caller says which keys each query sees:
+a KV cache whose rows hold sequences of different lengths.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +23,30 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, softmax
 from scratchlm.model.rope import RotaryEmbedding
 
-AttentionFn = Callable[[Tensor, Tensor, Tensor, "int | None"], Tensor]
+AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None) -> out
+
+
+class LayerCache(Protocol):
+    """One layer's key/value store (see scratchlm.inference.kv_cache)."""
+
+    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 def causal_mask(q_len: int, kv_len: int, sliding_window: int | None = None, device: torch.device | None = None) -> Tensor:
     """(q_len, kv_len) bool, True where query i (at position kv_len - q_len + i) may attend to key j."""
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if sliding_window is not None:
+        allowed &= q_pos - k_pos < sliding_window
+    return allowed
+
+
+def position_mask(q_positions: Tensor, kv_len: int, sliding_window: int | None = None) -> Tensor:
+    """(batch or 1, 1, q_len, kv_len) bool: key slot j holds position j, and a query at position p sees
+    j <= p (and p - j < sliding_window). q_positions: (q_len,) or (batch, q_len)."""
+    q_pos = q_positions.reshape(-1, 1, q_positions.shape[-1], 1)  # (batch or 1, 1, q_len, 1)
+    k_pos = torch.arange(kv_len, device=q_positions.device)
     allowed = k_pos <= q_pos
     if sliding_window is not None:
         allowed &= q_pos - k_pos < sliding_window
@@ -44,22 +63,28 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     return softmax(scores, dim=-1).to(v.dtype) @ v
 
 
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None) -> Tensor:
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
+                    mask: Tensor | None = None) -> Tensor:
     """Ours, any device. GQA without copying k/v: the query heads of one group share a broadcast k/v head."""
     b, n_heads, q_len, hd = q.shape
     n_kv, kv_len = k.shape[1], k.shape[2]
-    mask = causal_mask(q_len, kv_len, sliding_window, q.device)
+    if mask is None:
+        mask = causal_mask(q_len, kv_len, sliding_window, q.device)
+    else:
+        mask = mask.unsqueeze(2)  # (batch, 1, 1, q_len, kv_len): broadcast over kv heads and their groups
     q = q.view(b, n_kv, n_heads // n_kv, q_len, hd)
     out = scaled_dot_product_attention(q, k.unsqueeze(2), v.unsqueeze(2), mask)
     return out.reshape(b, n_heads, q_len, hd)
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None) -> Tensor:
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
+                   mask: Tensor | None = None) -> Tensor:
     """PyTorch's fused attention: the baseline to beat, and the fastest option on GPU until `flash` lands."""
     gqa = q.shape[1] != k.shape[1]
-    if sliding_window is None and q.shape[2] == k.shape[2]:
+    if mask is None and sliding_window is None and q.shape[2] == k.shape[2]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = causal_mask(q.shape[2], k.shape[2], sliding_window, q.device)  # is_causal aligns top-left: spell it out
+    if mask is None:  # is_causal aligns top-left: spell the end-aligned mask out
+        mask = causal_mask(q.shape[2], k.shape[2], sliding_window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
@@ -102,7 +127,9 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
         self.rope = rope
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:  # x: (batch, seq, d_model) -> same
+    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
+        """x: (batch, seq, d_model) -> same. With `cache`, this call's k/v are stored at `positions` and the
+        queries attend to everything the cache holds for their row up to their own position."""
         b, t, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x).split((q_dim, kv_dim, kv_dim), dim=-1)
@@ -112,5 +139,10 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rope(q, positions), self.rope(k, positions)
-        out = get_attention(self.backend, x.device.type)(q, k, v, self.sliding_window)
+        attention = get_attention(self.backend, x.device.type)
+        if cache is None:
+            out = attention(q, k, v, self.sliding_window)
+        else:
+            k, v = cache.update(k, v, positions)  # (b, K, max_len, hd)
+            out = attention(q, k, v, self.sliding_window, position_mask(positions, k.shape[2], self.sliding_window))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim))

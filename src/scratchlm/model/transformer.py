@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
-from scratchlm.model.attention import CausalSelfAttention
+from scratchlm.model.attention import CausalSelfAttention, LayerCache
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
 from scratchlm.model.rope import RotaryEmbedding
+
+
+class KVCacheLike(Protocol):
+    def layer(self, index: int) -> LayerCache: ...
 
 
 class Block(nn.Module):
@@ -22,8 +28,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
         self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:  # (batch, seq, d_model) -> same
-        x = x + self.attn(self.attn_norm(x), positions)
+    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cache)  # (batch, seq, d_model) -> same
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -47,18 +53,21 @@ class TransformerLM(nn.Module):
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
 
-    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
+    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache: KVCacheLike | None = None) -> Tensor:
         """token_ids: (batch, seq) long; token_positions: (seq,) or (batch, seq), default 0..seq-1.
-        Returns logits (batch, seq, vocab_size) in the compute dtype."""
+        Returns logits (batch, seq, vocab_size) in the compute dtype. With `kv_cache` (scratchlm.inference),
+        positions are required: each row's tokens are stored at, and attend up to, their positions."""
         seq = token_ids.shape[-1]
         if seq > self.config.context_length:  # explicit positions must also be < context_length (not checked:
             # reading them would wait for the GPU)
             raise ValueError(f"sequence of {seq} tokens exceeds context_length {self.config.context_length}")
         if token_positions is None:
+            if kv_cache is not None:
+                raise ValueError("a forward pass with a KV cache needs token_positions")
             token_positions = torch.arange(seq, device=token_ids.device)
         x = self.embed(token_ids)
-        for layer in self.layers:
-            x = layer(x, token_positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
         return self.output(self.norm(x))
 
     def output(self, h: Tensor) -> Tensor:  # (..., d_model) -> (..., vocab_size)
