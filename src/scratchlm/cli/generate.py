@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from scratchlm.inference import generate
+from scratchlm.inference import generate_batch
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.train.checkpoint import load_trained_model
 from scratchlm.train.data import resolve_device
@@ -35,10 +36,15 @@ def generate_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, more than the model's {trained.model.config.vocab_size}")
     eot = tokenizer.special_ids.get("<|endoftext|>")
     prompt = tokenizer.encode(args.prompt)
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
-        ids = generate(trained.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=seed, stop_ids=[] if eot is None else [eot])
+    room = trained.model.config.context_length - len(prompt)
+    if room <= 0:
+        raise ValueError(f"the prompt is {len(prompt)} tokens, the model's context only {trained.model.config.context_length}")
+    if args.max_new_tokens > room:
+        print(f"note: generating {room} tokens, all that fit in the context", file=sys.stderr)
+    outputs = generate_batch(trained.model, [prompt] * args.num_samples, min(args.max_new_tokens, room),
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             stop_ids=[] if eot is None else [eot])
+    for i, ids in enumerate(outputs):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
         print(args.prompt + tokenizer.decode([t for t in ids if t != eot]))
