@@ -48,17 +48,29 @@ def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tok
 
 
 def _decode(model, cache: KVCache, last: torch.Tensor, positions: torch.Tensor, max_new_tokens: int,
-            stop: set[int], sampling: dict) -> list[list[int]]:
-    out: list[list[int]] = [[] for _ in range(len(positions))]
-    done = [False] * len(positions)
+            stop: set[int], sampling: dict, check_every: int = 16) -> list[list[int]]:
+    """Decode on the device: tokens and the finished flags stay there, and the host looks at them only every
+    `check_every` steps (to stop early) and once at the end — no synchronisation per token."""
+    device = last.device
+    out = torch.empty(len(positions), max_new_tokens, dtype=torch.long, device=device)  # (batch, max_new)
+    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
+    done = torch.zeros(len(positions), dtype=torch.bool, device=device)  # (batch,)
+    steps = max_new_tokens
     for step in range(max_new_tokens):
         next_ids = sample_next(last, **sampling)  # (batch,)
-        for row, token in enumerate(next_ids.tolist()):
-            if not done[row]:
-                out[row].append(token)
-                done[row] = token in stop
-        if all(done) or step == max_new_tokens - 1:
+        out[:, step] = next_ids
+        done |= torch.isin(next_ids, stop_ids)
+        if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and bool(done.all())):
+            steps = step + 1
             break
         last = model(next_ids[:, None], positions[:, None], kv_cache=cache)[:, -1]
         positions = positions + 1
-    return out
+    return [_until_stop(row, stop) for row in out[:, :steps].tolist()]
+
+
+def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:
+    """A row's tokens up to and including its first stop token (rows that stopped kept decoding junk)."""
+    for i, token in enumerate(tokens):
+        if token in stop:
+            return tokens[: i + 1]
+    return tokens
