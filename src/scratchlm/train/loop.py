@@ -21,7 +21,7 @@ from torch import Tensor
 
 from scratchlm.atomic import write_text_atomic
 from scratchlm.config import ConfigError, to_dict, write_run_info
-from scratchlm.inference.sampling import generate
+from scratchlm.inference import generate_batch
 from scratchlm.model import TransformerLM
 from scratchlm.optim import build_optimizer, clip_grad_norm_, cross_entropy, lr_scale_at, perplexity, set_lr
 from scratchlm.tokenizer import Tokenizer
@@ -231,9 +231,13 @@ class Trainer:
         if self.tokenizer is None or not self.cfg.sample_tokens:
             return None
         eot = self.tokenizer.special_ids.get("<|endoftext|>")
-        ids = generate(self.model, self.tokenizer.encode(self.cfg.sample_prompt), self.cfg.sample_tokens,
-                       temperature=0.8, top_p=0.95, seed=self.cfg.seed, stop_ids=[eot] if eot is not None else [])
-        return self.cfg.sample_prompt + self.tokenizer.decode(ids)
+        prompt = self.tokenizer.encode(self.cfg.sample_prompt)
+        room = self.cfg.model.context_length - len(prompt)
+        if room <= 0:
+            return None
+        ids = generate_batch(self.model, [prompt], min(self.cfg.sample_tokens, room), temperature=0.8, top_p=0.95,
+                             seed=self.cfg.seed, stop_ids=[eot] if eot is not None else [])[0]
+        return self.cfg.sample_prompt + self.tokenizer.decode([t for t in ids if t != eot])
 
 
 def train(cfg: TrainConfig, resume: bool = False, report: Callable[[str], None] = print) -> dict[str, Any]:
