@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "generate": "sample text from a checkpoint",
     "plot": "draw loss and learning-rate curves of training runs",
     "export": "export checkpoints to Hugging Face (LlamaForCausalLM) and import them back",
+    "scaling": "IsoFLOP sweeps, scaling-law fits and compute-optimal planning",
     "speedrun": "the whole pipeline end to end on a small default",
 }
 
