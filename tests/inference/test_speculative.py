@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from scratchlm.inference import generate, generate_batch, sample_next
-from scratchlm.inference.speculative import adjusted_probs, speculative_generate
+from scratchlm.inference.sampling import sampling_probs
+from scratchlm.inference.speculative import speculative_generate
 from scratchlm.model import ModelConfig, TransformerLM
 
 PROMPTS = [[1, 2, 3], [7], [5, 6, 7, 8, 9, 10, 11]]
@@ -44,11 +45,11 @@ def draft() -> TransformerLM:
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=0.7), dict(top_k=4), dict(top_p=0.8),
                                     dict(temperature=1.3, top_k=6, top_p=0.9)])
-def test_adjusted_probs_is_what_sample_next_draws_from(kwargs):
+def test_sampling_probs_is_what_sample_next_draws_from(kwargs):
     """Same float32 probabilities, so the same generator state gives the very same draws; and their
     frequencies follow the returned probabilities."""
     logits = torch.randn(1, 10, generator=torch.Generator().manual_seed(3)).expand(20_000, -1)
-    probs = adjusted_probs(logits, **kwargs)
+    probs = sampling_probs(logits, **kwargs)
     ours = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).squeeze(-1)
     theirs = sample_next(logits, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(ours, theirs)
@@ -56,9 +57,9 @@ def test_adjusted_probs_is_what_sample_next_draws_from(kwargs):
     assert (freq - probs[0]).abs().max() < 0.015
 
 
-def test_adjusted_probs_greedy_is_one_hot_argmax():
+def test_sampling_probs_greedy_is_one_hot_argmax():
     logits = torch.randn(5, 50)
-    assert torch.equal(adjusted_probs(logits, temperature=0), torch.eye(50)[logits.argmax(-1)])
+    assert torch.equal(sampling_probs(logits, temperature=0), torch.eye(50)[logits.argmax(-1)])
 
 
 # -- greedy: exactly the target's output --------------------------------------------------------------
@@ -100,9 +101,9 @@ def tiny_pair() -> tuple[TransformerLM, TransformerLM]:
 @torch.no_grad()
 def exact_two_token_law(model: TransformerLM, **sampling) -> torch.Tensor:
     """(VOCAB * VOCAB,) probabilities of (first, second) generated token, from the model's softmax."""
-    first = adjusted_probs(model(torch.tensor([PROMPT]))[0, -1], **sampling).double()  # (V,)
+    first = sampling_probs(model(torch.tensor([PROMPT]))[0, -1], **sampling).double()  # (V,)
     continued = torch.tensor([PROMPT + [t] for t in range(VOCAB)])  # (V, len + 1)
-    second = adjusted_probs(model(continued)[:, -1], **sampling).double()  # (V, V): row = first token
+    second = sampling_probs(model(continued)[:, -1], **sampling).double()  # (V, V): row = first token
     return (first[:, None] * second).flatten()
 
 

@@ -12,9 +12,11 @@ import torch
 from torch import Tensor
 
 
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """logits: (batch, vocab) -> (batch,) token ids. temperature 0 means greedy (argmax)."""
+def sampling_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> Tensor:
+    """logits: (..., vocab) -> float32 probabilities (..., vocab) after temperature, top-k and top-p: the
+    distribution `sample_next` draws from (speculative decoding's rejection rule needs it whole).
+    Temperature 0 gives the one-hot argmax."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -23,7 +25,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         raise ValueError(f"top_k must be positive, got {top_k}")
     logits = logits.float()
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -35,7 +37,16 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         drop = probs.cumsum(dim=-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """logits: (batch, vocab) -> (batch,) token ids. temperature 0 means greedy (argmax)."""
+    if temperature == 0:
+        sampling_probs(logits, temperature, top_k, top_p)  # same argument checks
+        return logits.argmax(dim=-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

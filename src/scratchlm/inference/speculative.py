@@ -21,39 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.inference.kv_cache import KVCache
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """`sample_next`'s checks, so that bad settings fail before any model runs."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k must be positive, got {top_k}")
-
-
-def adjusted_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> Tensor:
-    """logits: (..., vocab) -> float32 probabilities (..., vocab) of the distribution `sample_next` draws
-    from (same checks, same temperature/top-k/top-p rules, same float32 arithmetic). The rejection rule
-    needs the distributions themselves, not just samples. Temperature 0 gives the one-hot argmax, which
-    turns the rejection rule into greedy verification."""
-    _check_sampling(temperature, top_k, top_p)
-    logits = logits.float()
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p  # the tokens before it already hold top_p (the top one stays)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.softmax(logits, dim=-1)
+from scratchlm.inference.sampling import sampling_probs
 
 
 @dataclass
@@ -79,7 +47,7 @@ def _propose(draft: _Stream, ids: Tensor, n: int, k: int, sampling: dict,
     logits = draft.feed(ids[draft.fed : n], draft.fed)[-1]  # (vocab,)
     tokens, dists = [], []
     for i in range(k):
-        dists.append(adjusted_probs(logits, **sampling))
+        dists.append(sampling_probs(logits, **sampling))
         tokens.append(torch.multinomial(dists[-1], 1, generator=generator))  # (1,), stays on the device
         if i < k - 1:
             logits = draft.feed(tokens[-1], n + i)[-1]
@@ -141,7 +109,7 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
     after a token in `stop_ids` (kept). Stats: rounds (= target forwards), proposed and accepted draft
     tokens, acceptance_rate, draft_forwards, tokens_per_target_forward."""
     _check_models(target, draft, len(prompt), max_new_tokens, k)
-    _check_sampling(temperature, top_k, top_p)
+    sampling_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the settings up front
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     device = next(target.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -175,7 +143,7 @@ def _decode(target: _Stream, draft: _Stream, ids: Tensor, n: int, max_new_tokens
             drafts, q = _propose(draft, ids, n, k_round, sampling, generator)  # (k_round,), (k_round, vocab)
             draft_forwards += k_round
         logits = target.feed(torch.cat([ids[target.fed : n], drafts]), target.fed)[-(k_round + 1):]
-        j, token, draft_ids = _verify(adjusted_probs(logits, **sampling), q, drafts, generator)
+        j, token, draft_ids = _verify(sampling_probs(logits, **sampling), q, drafts, generator)
         committed = draft_ids[:j] + [token]
         ids[n : n + j + 1] = torch.tensor(committed)
         target.fed, draft.fed = n + j, min(draft.fed, n + j)  # the drawn token is fed next round
