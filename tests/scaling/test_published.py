@@ -94,11 +94,6 @@ def _verbs() -> set[str]:
     return set(subparsers(subparsers(build_parser(["scaling"]))["scaling"]))
 
 
-def test_sweep_verb_is_left_out_until_its_module_exists(monkeypatch):
-    monkeypatch.setitem(sys.modules, "scratchlm.scaling.sweep", None)  # import raises ModuleNotFoundError for it
-    assert _verbs() == {"fit", "plan"}
-
-
 def test_sweep_verb_builds_the_config_and_calls_run_sweep(monkeypatch, capsys):
     @dataclasses.dataclass(kw_only=True)
     class SweepConfig:

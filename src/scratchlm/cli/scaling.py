@@ -42,13 +42,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _register_sweep(verbs: Any) -> None:
-    """The `sweep` verb, once scratchlm.scaling.sweep exists (it lands separately; until then no verb)."""
-    try:
-        from scratchlm.scaling.sweep import SweepConfig
-    except ModuleNotFoundError as e:
-        if e.name != "scratchlm.scaling.sweep":
-            raise
-        return
+    """The `sweep` verb; its flags come from SweepConfig (importing it imports torch, as `train` does)."""
+    from scratchlm.scaling.sweep import SweepConfig
+
     help_ = "train an IsoFLOP grid of models and record their final losses (results .jsonl)"
     sweep = verbs.add_parser("sweep", help=help_, description=help_)
     add_preset_args(sweep)
