@@ -12,17 +12,21 @@ import torch
 from torch import Tensor
 
 
-def sampling_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> Tensor:
-    """logits: (..., vocab) -> float32 probabilities (..., vocab) after temperature, top-k and top-p: the
-    distribution `sample_next` draws from (speculative decoding's rejection rule needs it whole).
-    Temperature 0 gives the one-hot argmax."""
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k <= 0:
         raise ValueError(f"top_k must be positive, got {top_k}")
+
+
+def sampling_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> Tensor:
+    """logits: (..., vocab) -> float32 probabilities (..., vocab) after temperature, top-k and top-p: the
+    distribution `sample_next` draws from (speculative decoding's rejection rule needs it whole).
+    Temperature 0 gives the one-hot argmax."""
+    check_sampling(temperature, top_k, top_p)
     logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
@@ -44,7 +48,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
                 generator: torch.Generator | None = None) -> Tensor:
     """logits: (batch, vocab) -> (batch,) token ids. temperature 0 means greedy (argmax)."""
     if temperature == 0:
-        sampling_probs(logits, temperature, top_k, top_p)  # same argument checks
+        check_sampling(temperature, top_k, top_p)
         return logits.argmax(dim=-1)
     probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.inference.kv_cache import KVCache
-from scratchlm.inference.sampling import sampling_probs
+from scratchlm.inference.sampling import check_sampling, sampling_probs
 
 
 @dataclass
@@ -109,7 +109,7 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
     after a token in `stop_ids` (kept). Stats: rounds (= target forwards), proposed and accepted draft
     tokens, acceptance_rate, draft_forwards, tokens_per_target_forward."""
     _check_models(target, draft, len(prompt), max_new_tokens, k)
-    sampling_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the settings up front
+    check_sampling(temperature, top_k, top_p)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     device = next(target.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None

@@ -14,30 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from scratchlm.atomic import atomic_path
+from scratchlm.plotting import pyplot as _pyplot
+from scratchlm.plotting import save_png
 from scratchlm.scaling.fit import IsoFlopFit, ParametricFit, Run
 
 DPI = 100  # small files: these go into docs/ and into every fit's output folder
 
 
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display needed), or a one-line error."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ValueError("plotting needs matplotlib: pip install matplotlib") from e
-    return plt
-
-
 def _save(fig: Any, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
-    _pyplot().close(fig)
-    return out
+    return save_png(fig, out, dpi=DPI)
 
 
 def _budget_colors(budgets: Sequence[float]) -> dict[float, Any]:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scratchlm.atomic import atomic_path
+from scratchlm.plotting import pyplot, save_png
 from scratchlm.train.metrics import read_metrics
 
 
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, log_x: bool = False) -> Path:
     """Train and validation loss vs tokens (left) and learning rate vs step (right), one color per run."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ValueError("plotting needs matplotlib: pip install matplotlib") from e
+    plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     for i, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
@@ -37,8 +32,4 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, log_x: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
