@@ -29,7 +29,7 @@ from scratchlm.scaling import (
     fit_power_law,
     plan,
 )
-from scratchlm.scaling.fit import huber_objective
+from scratchlm.scaling.fit import check_held_out, huber_objective
 from tests.scaling.synthetic import BUDGETS, N_EXPONENT, TRUE, synthetic_runs
 
 
@@ -240,3 +240,21 @@ def test_plan_gives_both_approaches_with_intervals(noisy_runs):
     assert result["isoflops"]["params"]["value"] == pytest.approx(true_n, rel=0.15)
     with pytest.raises(ValueError, match="budget must be a positive"):
         plan(-1, noisy_runs, n_boot=2)
+
+
+def test_held_out_check_predicts_a_run_at_ten_times_the_largest_budget(noisy_runs):
+    budget = 10 * max(BUDGETS)
+    n_opt = TRUE.optimal_params(budget)
+    held_out = [Run(params=n, tokens=budget / (6 * n), compute=budget, budget=budget, name=f"N{n:.3g}",
+                    loss=float(TRUE.predict_loss(n, budget / (6 * n)))) for n in (n_opt, 3 * n_opt)]
+    rows = check_held_out(noisy_runs, held_out, n_boot=5, seed=0)
+    assert [r["name"] for r in rows] == ["N{:.3g}".format(n_opt), "N{:.3g}".format(3 * n_opt)]
+    for row, run in zip(rows, held_out):
+        p3 = row["parametric"]
+        assert p3["error"] == pytest.approx(p3["predicted"]["value"] / run.loss - 1)
+        assert abs(p3["error"]) < 0.01 and p3["predicted"]["low"] <= p3["predicted"]["high"]
+    # approach 2's L_opt(C) is a pure power law (no irreducible E), so 10x past the fitted budgets it is too
+    # optimistic even for the optimal run (here by ~9%: E is 70% of the loss), and more so for a worse shape
+    assert -0.15 < rows[0]["isoflops"]["error"] < 0
+    assert rows[1]["isoflops"]["error"] < rows[0]["isoflops"]["error"]
+    json.dumps(rows)

@@ -39,13 +39,37 @@ def test_plan_follows_the_documented_rules(base, tmp_path):
         assert cfg.schedule.warmup_steps <= max(1, cfg.steps // 10)
 
 
-def test_auto_depths_bracket_the_chinchilla_guess(base):
+def test_auto_depths_bracket_the_chinchilla_guess(base, tmp_path):
     model = build_config(TrainConfig, str(base)).model
-    depths = auto_depths(model, 1e17, points=5)
+    depths = auto_depths(sweep_config(base, tmp_path, depths=[], points=5), model, 1e17)
     sizes = [shape(model, d).n_params(embeddings=False) for d in depths]
     guess = math.sqrt(1e17 / 120)
     assert len(depths) >= 4 and depths == sorted(depths)
     assert sizes[0] < guess < sizes[-1] and sizes[-1] / sizes[0] > 8
+
+
+def test_finer_dial_and_sizes_by_parameter_count(base, tmp_path):
+    cfg = sweep_config(base, tmp_path, depths=[], params=[3e5, 5e6], width_per_layer=32, head_dim=16,
+                       budgets=[1e12], min_steps=1)
+    runs = plan_runs(cfg)
+    for run, target in zip(runs, cfg.params):
+        model = run.config.model
+        assert model.d_model == 32 * model.n_layers and model.head_dim == 16
+        # no other depth on the dial is closer to the requested size
+        sizes = {d: shape(model, d, 32, 16).n_params() for d in range(1, 40)}  # all parameters, as the fits
+        best = min(sizes, key=lambda d: abs(math.log(sizes[d] / target)))
+        assert model.n_layers == best
+    assert len(runs) == 2 and runs[0].config.model.n_layers < runs[1].config.model.n_layers
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(depths=[2], params=[1e6]), "depths or params"),
+    (dict(params=[-1.0], depths=[]), "params must be positive"),
+    (dict(width_per_layer=48, head_dim=32), "must be positive and divide"),
+])
+def test_bad_sweep_configs_are_rejected(base, tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep_config(base, tmp_path, **kwargs)
 
 
 def test_sweep_writes_results_and_skips_finished_runs(base, tmp_path):

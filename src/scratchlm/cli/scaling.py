@@ -38,6 +38,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     _add_n_boot(plan)
     plan.set_defaults(func=plan_cmd)
 
+    help_ = "predicted vs measured loss of held-out runs (e.g. one at 10x the largest budget) under approaches 2 and 3"
+    check = verbs.add_parser("check", help=help_, description=help_)
+    check.add_argument("results", help="runs to fit (formats as for `scaling fit`)")
+    check.add_argument("held_out", help="runs to predict, not fitted (same formats)")
+    check.add_argument("--out", help="where to write check.json (default: beside HELD_OUT)")
+    _add_n_boot(check)
+    check.set_defaults(func=check_cmd)
+
     _register_sweep(verbs)
 
 
@@ -186,6 +194,26 @@ def plan_cmd(args: argparse.Namespace) -> int:
     result = plan(args.budget, load_runs(args.results), n_boot=args.n_boot)
     print(f"{result['level']:.0%} intervals from {args.n_boot} bootstrap resamples of {args.results}")
     print(_prediction_table(args.budget, {name: result[name] for name in ("isoflops", "parametric")}))
+    return 0
+
+
+def check_cmd(args: argparse.Namespace) -> int:
+    from scratchlm.scaling.fit import check_held_out, load_runs
+
+    rows = check_held_out(load_runs(args.results), load_runs(args.held_out), n_boot=args.n_boot)
+    print(f"95% intervals from {args.n_boot} bootstrap resamples of {args.results}; error = predicted / measured - 1")
+    table = []
+    for row in rows:
+        cells = [row["name"] or "-", f"{row['params']:.3g}", f"{row['tokens']:.3g}", f"{row['compute']:.3g}",
+                 f"{row['loss']:.4f}"]
+        for name in ("parametric", "isoflops"):
+            cells += [_interval(row[name]["predicted"], ".4f"), f"{row[name]['error']:+.2%}"]
+        table.append(cells)
+    print(_table(["run", "N", "D", "C", "measured", "approach 3", "error", "approach 2 (optimal)", "error"], table))
+    out = Path(args.out) if args.out else Path(args.held_out).with_name("check.json")
+    write_text_atomic(out, json.dumps({"results": args.results, "held_out": args.held_out, "n_boot": args.n_boot,
+                                       "runs": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
     return 0
 
 

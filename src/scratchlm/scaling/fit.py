@@ -482,41 +482,76 @@ def _interval(value: float, samples: list[float], level: float) -> dict[str, flo
     return {"value": float(value), "low": float(low), "high": float(high)}
 
 
-def bootstrap(runs: Sequence[Run], fit_fn: Callable[[list[Run]], Any], n_boot: int = 200, seed: int = 0,
-              budgets: Sequence[float] = (1e23, 1e24), level: float = 0.95) -> dict[str, Any]:
-    """Percentile intervals of a fit's parameters and predictions, from refits on resampled runs.
+def resampled_fits(runs: Sequence[Run], fit_fn: Callable[[list[Run]], Any], n_boot: int = 200,
+                   seed: int = 0) -> tuple[list[Any], list[str]]:
+    """Refits on `n_boot` resamples of the runs, and the messages of the refits that failed.
 
     Runs are resampled with replacement within each budget, so every budget keeps its number of runs
-    (resampling across budgets could leave a budget with too few sizes for its parabola). `value` is the
-    fit on all runs. A resample whose fit fails (ValueError or ArithmeticError: e.g. a parabola that is not
-    convex) is counted in `n_failed` and skipped.
+    (resampling across budgets could leave a budget with too few sizes for its parabola). A resample whose
+    fit fails (ValueError or ArithmeticError: e.g. a parabola that is not convex) is skipped.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
     runs = list(runs)
-    full_params, full_predictions = _summary(fit_fn(runs), budgets)
     groups = [np.array(idx) for idx in _by_budget(runs).values()]
     rng = np.random.default_rng(seed)
-    samples: list[tuple[dict[str, float], list[dict[str, float]]]] = []
-    failures: list[str] = []
+    fits, failures = [], []
     for _ in range(n_boot):
         idx = np.concatenate([rng.choice(group, size=len(group), replace=True) for group in groups])
         try:
-            samples.append(_summary(fit_fn([runs[i] for i in idx]), budgets))
+            fits.append(fit_fn([runs[i] for i in idx]))
         except (ValueError, ArithmeticError) as e:
             failures.append(str(e))
-    if not samples:
+    if not fits:
         raise ValueError(f"all {n_boot} bootstrap fits failed; the last with: {failures[-1]}")
     if failures:
         log.warning("%d of %d bootstrap fits failed (first: %s)", len(failures), n_boot, failures[0])
+    return fits, failures
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def bootstrap(runs: Sequence[Run], fit_fn: Callable[[list[Run]], Any], n_boot: int = 200, seed: int = 0,
+              budgets: Sequence[float] = (1e23, 1e24), level: float = 0.95) -> dict[str, Any]:
+    """Percentile intervals of a fit's parameters and predictions, from refits on resampled runs
+    (`resampled_fits`); `value` is the fit on all runs, `n_failed` counts the refits that failed."""
+    _check_level(level)
+    full_params, full_predictions = _summary(fit_fn(list(runs)), budgets)
+    fits, failures = resampled_fits(runs, fit_fn, n_boot, seed)
+    samples = [_summary(fit, budgets) for fit in fits]
     parameters = {name: _interval(value, [s[0][name] for s in samples], level) for name, value in full_params.items()}
     predictions = [{"budget": float(budget),
                     **{key: _interval(full[key], [s[1][j][key] for s in samples], level) for key in full}}
                    for j, (budget, full) in enumerate(zip(budgets, full_predictions))]
     return {"n_boot": n_boot, "n_failed": len(failures), "first_failure": failures[0] if failures else None,
             "seed": seed, "level": level, "parameters": parameters, "predictions": predictions}
+
+
+def check_held_out(runs: Sequence[Run], held_out: Sequence[Run], n_boot: int = 200, seed: int = 0,
+                   level: float = 0.95) -> list[dict[str, Any]]:
+    """Predicted vs measured final loss of runs the fits did not see (e.g. at 10x the largest budget).
+
+    Approach 3 predicts each run's loss at its own N and D; approach 2 predicts the loss of the optimal
+    model at the run's compute (so it matches only a run of the optimal shape). `error` is
+    (predicted - measured) / measured; intervals come from refits on resampled runs.
+    """
+    _check_level(level)
+    full = {name: APPROACHES[name](list(runs)) for name in ("isoflops", "parametric")}
+    boots = {name: resampled_fits(runs, APPROACHES[name], n_boot, seed)[0] for name in full}
+    predictors = {"isoflops": lambda fit, r: fit.predict(r.compute)["loss"],
+                  "parametric": lambda fit, r: float(fit.predict_loss(r.params, r.tokens))}
+    rows = []
+    for run in held_out:
+        row: dict[str, Any] = {"name": run.name, "params": run.params, "tokens": run.tokens,
+                               "compute": run.compute, "loss": run.loss}
+        for name, predict in predictors.items():
+            predicted = _interval(predict(full[name], run), [predict(f, run) for f in boots[name]], level)
+            row[name] = {"predicted": predicted, "error": (predicted["value"] - run.loss) / run.loss}
+        rows.append(row)
+    return rows
 
 
 APPROACHES: dict[str, Callable[[list[Run]], Any]] = {

@@ -1,8 +1,8 @@
 """IsoFLOP sweeps with our trainer: for each compute budget, a few model shapes from one size dial, each
 trained for exactly the tokens the budget buys; one results table (JSONL) for `scratchlm scaling fit`.
 
-Shapes: the dial is the depth; d_model = 64 * depth and one 64-wide head per 64 dimensions (nanochat's
-aspect ratio), SwiGLU width 8/3 d_model; vocabulary, context, batch, optimizer and schedule come from the
+Shapes: the dial is the depth; d_model = width_per_layer * depth (64: nanochat's aspect ratio; 32 gives
+a finer dial for small budgets) in heads of head_dim, SwiGLU width 8/3 d_model; vocabulary, context, batch, optimizer and schedule come from the
 base preset. Learning rate: base lr * (base d_model / d_model) ** lr_width_exponent (wider matrices take
 smaller steps). Warmup: the base's, at most a tenth of the run. Batch: the base's tokens per step, so the
 number of steps is tokens / tokens_per_step (rounded; the exact compute used is recorded).
@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import queue
 import subprocess
 import sys
@@ -40,11 +41,14 @@ log = logging.getLogger(__name__)
 class SweepConfig:
     budgets: list[float] = field(default_factory=lambda: [1e13, 3e13, 1e14], metadata={"help": "training FLOP budgets"})
     depths: list[int] = field(default_factory=list, metadata={"help": "size dials to train at every budget (default: auto around the Chinchilla guess)"})
+    params: list[float] = field(default_factory=list, metadata={"help": "model sizes (all parameters, the fits' N) to train at every budget, each on the nearest dial depth; instead of depths"})
     points: int = field(default=5, metadata={"help": "shapes per budget when depths are chosen automatically"})
     base: str = field(default="train/cpu-tiny", metadata={"help": "training preset for everything but the shape"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "token files (default: the base preset's)"})
     out: str = field(default="runs/scaling", metadata={"help": "sweep folder: runs/, plan.json, results.jsonl"})
     lr_width_exponent: float = field(default=1.0, metadata={"help": "lr = base lr * (base d_model / d_model) ** this"})
+    width_per_layer: int = field(default=64, metadata={"help": "d_model per layer of depth (the dial's aspect ratio)"})
+    head_dim: int = field(default=64, metadata={"help": "attention head width; must divide width_per_layer"})
     min_steps: int = field(default=20, metadata={"help": "shapes whose budget buys fewer steps are left out"})
     devices: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": "devices to run on in parallel, e.g. cuda:0 cuda:1"})
 
@@ -55,18 +59,42 @@ class SweepConfig:
             raise ConfigError("depths, points and min_steps must be positive")
         if not self.devices:
             raise ConfigError("devices must name at least one device")
+        if self.depths and self.params:
+            raise ConfigError("give depths or params, not both")
+        if any(n <= 0 for n in self.params):
+            raise ConfigError(f"params must be positive parameter counts, got {self.params}")
+        if self.width_per_layer <= 0 or self.head_dim <= 0 or self.width_per_layer % self.head_dim:
+            raise ConfigError(f"head_dim ({self.head_dim}) must be positive and divide width_per_layer "
+                              f"({self.width_per_layer})")
 
 
-def shape(base: ModelConfig, depth: int) -> ModelConfig:
-    return dataclasses.replace(base, d_model=64 * depth, n_layers=depth, n_heads=depth, n_kv_heads=None, d_ff=None)
+def shape(base: ModelConfig, depth: int, width_per_layer: int = 64, head_dim: int = 64) -> ModelConfig:
+    d_model = width_per_layer * depth
+    return dataclasses.replace(base, d_model=d_model, n_layers=depth, n_heads=d_model // head_dim, n_kv_heads=None,
+                               d_ff=None)
 
 
-def auto_depths(base: ModelConfig, budget: float, points: int, max_depth: int = 48) -> list[int]:
+def nearest_depths(cfg: SweepConfig, base: ModelConfig, targets: list[float], embeddings: bool,
+                   max_depth: int = 64) -> list[int]:
+    """The dial depths whose sizes (with or without the embedding table) are nearest in log to the targets."""
+    sizes = {d: shape(base, d, cfg.width_per_layer, cfg.head_dim).n_params(embeddings=embeddings)
+             for d in range(1, max_depth + 1)}
+    return sorted({min(sizes, key=lambda d: abs(math.log(sizes[d] / t))) for t in targets})
+
+
+def auto_depths(cfg: SweepConfig, base: ModelConfig, budget: float) -> list[int]:
     """Depths whose non-embedding size spans 1/4x..4x the Chinchilla guess N = sqrt(C / 120) (D = 20 N)."""
     guess = math.sqrt(budget / 120)
-    sizes = {d: shape(base, d).n_params(embeddings=False) for d in range(1, max_depth + 1)}
-    targets = [guess * 4 ** (2 * i / max(points - 1, 1) - 1) for i in range(points)]
-    return sorted({min(sizes, key=lambda d: abs(math.log(sizes[d] / t))) for t in targets})
+    targets = [guess * 4 ** (2 * i / max(cfg.points - 1, 1) - 1) for i in range(cfg.points)]
+    return nearest_depths(cfg, base, targets, embeddings=False)
+
+
+def sweep_depths(cfg: SweepConfig, base: ModelConfig, budget: float) -> list[int]:
+    if cfg.depths:
+        return sorted(set(cfg.depths))
+    if cfg.params:  # sizes as the fits count them (the results' `params`), e.g. a planned N_opt
+        return nearest_depths(cfg, base, cfg.params, embeddings=True)
+    return auto_depths(cfg, base, budget)
 
 
 def run_name(budget: float, depth: int) -> str:
@@ -92,8 +120,8 @@ def plan_runs(cfg: SweepConfig) -> list[PlannedRun]:
         raise ConfigError(f"the sweep needs data.train and data.val (the base preset {cfg.base} lacks them)")
     runs = []
     for budget in cfg.budgets:
-        for depth in cfg.depths or auto_depths(base.model, budget, cfg.points):
-            model = shape(base.model, depth)
+        for depth in sweep_depths(cfg, base.model, budget):
+            model = shape(base.model, depth, cfg.width_per_layer, cfg.head_dim)
             steps = round(budget / model.flops_per_token(base.seq_len) / base.tokens_per_step)
             if steps < cfg.min_steps:
                 log.warning("%s: only %d steps in budget %.1e; left out", run_name(budget, depth), steps, budget)
@@ -129,8 +157,9 @@ def result_row(run: PlannedRun) -> dict[str, Any]:
             "loss": val[-1]["loss"], "curve": [[r["step"] * flops_per_step, r["loss"]] for r in val]}
 
 
-def execute(run: TrainConfig, device: str, in_process: bool) -> None:
-    """Train one run on `device` (resuming its checkpoint if any): here, or in a `scratchlm train` process."""
+def execute(run: TrainConfig, device: str, in_process: bool, threads: int | None = None) -> None:
+    """Train one run on `device` (resuming its checkpoint if any): here, or in a `scratchlm train` process
+    with `threads` CPU threads (runs in parallel would otherwise each spin one thread per core)."""
     resume = (Path(run.out) / "checkpoint.pt").exists()
     run = dataclasses.replace(run, device=device)
     if in_process:
@@ -140,7 +169,8 @@ def execute(run: TrainConfig, device: str, in_process: bool) -> None:
     planned.parent.mkdir(parents=True, exist_ok=True)
     save_config(run, planned)
     argv = [sys.executable, "-m", "scratchlm", "train", "--config", str(planned)] + (["--resume"] if resume else [])
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads and "OMP_NUM_THREADS" not in os.environ else None
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{run.out} failed:\n{done.stderr[-2000:]}")
 
@@ -168,7 +198,8 @@ def run_sweep(cfg: SweepConfig, report: Callable[[str], None] = print) -> Path:
             m = run.config.model
             report(f"[{i + 1}/{len(todo)}] {run.name}: {m.n_params(embeddings=False) / 1e6:.2f}M params, "
                    f"{run.config.steps * run.config.tokens_per_step:,} tokens, {run.config.steps} steps on {device}")
-            execute(run.config, device, in_process=len(cfg.devices) == 1)
+            execute(run.config, device, in_process=len(cfg.devices) == 1,
+                    threads=max(1, (os.cpu_count() or 1) // len(cfg.devices)))
         finally:
             free.put(device)
         with lock:
