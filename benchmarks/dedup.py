@@ -124,7 +124,7 @@ def datasketch_minhashes(texts: list[str], cfg: MinHashConfig) -> list[MinHash]:
 
 
 def datasketch_legacy_minhashes(texts: list[str], cfg: MinHashConfig) -> list[MinHash]:
-    """datasketch's pre-2.0 scheme: the same family as ours, (a*x + b) mod (2^61 - 1), then 32 bits kept."""
+    """datasketch's pre-2.0 scheme, (a*x + b) mod (2^61 - 1) with uint64 `%`, then 32 bits kept."""
     shingles = datasketch_shingles(texts, cfg)
     return MinHash.bulk(shingles, num_perm=cfg.num_hashes, seed=cfg.seed, scheme="legacy")
 
@@ -257,7 +257,7 @@ def markdown(report: dict) -> str:
     lines += [
         f"| shingles + signatures, {report['workers']} spawned processes | {par:.3f} | | "
         f"{r['ours']['signatures_parallel']:,.0f} | | {s['datasketch']['signatures']['wall'] / par:.2f}x |",
-        f"| shingles + signatures, datasketch scheme='legacy' (our a*x+b mod 2^61-1 family) | | "
+        f"| shingles + signatures, datasketch scheme='legacy' (a*x+b mod 2^61-1) | | "
         f"{legacy['wall']:.3f} ({legacy['cpu']:.3f}) | | {r['datasketch']['signatures_legacy']:,.0f} | "
         f"{legacy['wall'] / sig['wall']:.2f}x ({legacy['cpu'] / sig['cpu']:.2f}x) |",
         "",

@@ -31,6 +31,7 @@ from scratchlm.config import build_config  # noqa: E402
 from scratchlm.export.hf_llama import llama_config  # noqa: E402
 from scratchlm.model import TransformerLM  # noqa: E402
 from scratchlm.optim import build_optimizer, clip_grad_norm_, cross_entropy  # noqa: E402
+from scratchlm.profiling import CudaEventStopwatch, measure  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
 from scratchlm.train.metrics import peak_flops  # noqa: E402
@@ -98,14 +99,8 @@ SDPA_BACKENDS = {"flash": torch.backends.cuda.enable_flash_sdp, "cudnn": torch.b
 
 
 def time_steps(step: Callable, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    """Seconds per step over `steps` steps, measured with CUDA events."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        step(x, y)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / steps
+    """Seconds per step over `steps` steps in one CUDA-event window (the caller interleaves the repeats)."""
+    return measure(lambda: step(x, y), repeats=1, stopwatch=CudaEventStopwatch(), calls_per_repeat=steps).median
 
 
 def bench_preset(preset: str, batch: int, args: argparse.Namespace) -> dict:

@@ -25,7 +25,6 @@ from scratchlm.data.dedup_exact import (
 from scratchlm.data.document import Document
 from scratchlm.data.minhash import (
     EMPTY,
-    MERSENNE_61,
     LSHBuckets,
     MinHashConfig,
     UnionFind,
@@ -146,6 +145,10 @@ def test_line_counts_are_counter_like_and_merge_across_shards():
     kept = drop_repeated_lines(docs[1], counts)
     assert kept.text == "c" and kept.metadata["dedup_lines_removed"] == 1 and kept.id == "1"
     assert drop_repeated_lines(docs[3], counts) is None
+    blank = Document(id="b", text="c\n\nb\n")  # "b" and "\n" are repeated; keep_blank keeps the blank line
+    assert drop_repeated_lines(blank, counts).text == "c\n"
+    assert drop_repeated_lines(blank, counts, keep_blank=True).text == "c\n\n"
+    assert drop_repeated_lines(docs[3], counts, keep_blank=True) is None  # blank lines alone are no document
 
 
 def test_line_counts_equal_python_counter_on_real_text(real_texts, monkeypatch):
@@ -231,14 +234,14 @@ def test_vectorised_words_equal_the_reference(real_texts):
 # --- MinHash: signatures ---------------------------------------------------------------------------
 
 
-def test_mersenne_kernel_equals_big_integers():
-    """The uint64 arithmetic against Python integers, extreme values included."""
-    a = np.array([1, 2, MERSENNE_61 - 1, (1 << 60) + 12345, 0x1234_5678_9ABC_DEF, (1 << 61) - 2], dtype=np.uint64)
-    b = np.array([0, MERSENNE_61 - 1, MERSENNE_61 - 1, 7, 1 << 59, MERSENNE_61 - 1], dtype=np.uint64)
+def test_multiply_add_kernel_equals_big_integers():
+    """The uint64 arithmetic (wrapping mod 2^64) against Python integers, extreme values included."""
+    top = (1 << 64) - 1
+    a = np.array([0, 1, 2, top, top - 1, (1 << 63) + 12345, 0x1234_5678_9ABC_DEF1], dtype=np.uint64)
+    b = np.array([0, top, top, 7, 1 << 63, top - 2, 0xFEDC_BA98_7654_3210], dtype=np.uint64)
     x = np.array([0, 1, 2, (1 << 32) - 1, (1 << 32) - 2, (1 << 31) + 5, 0xDEADBEEF], dtype=np.uint64)
-    bufs = tuple(np.empty((len(a), 8), dtype=np.uint64) for _ in range(2))
-    got = minhash._mersenne_hash(x, minhash._operands(a, b, 8), bufs)
-    expected = [[(int(ai) * int(xj) + int(bi)) % MERSENNE_61 for xj in x] for ai, bi in zip(a, b)]
+    got = minhash._multiply_add(x, minhash._operands(a, b, 8), np.empty((len(a), 8), dtype=np.uint64))
+    expected = [[(int(ai) * int(xj) + int(bi)) % (1 << 64) for xj in x] for ai, bi in zip(a, b)]
     assert got.tolist() == expected
 
 
@@ -249,7 +252,7 @@ def test_signatures_equal_big_integer_minimum(real_texts):
     a, b = (v.tolist() for v in minhash._hash_functions(CFG.num_hashes, CFG.seed))
     for text, row in zip(texts, sigs):
         xs = [int(h) >> 32 for h in shingle_hashes(text, CFG.ngram)]
-        expected = [min((ai * x + bi) % MERSENNE_61 for x in xs) if xs else int(EMPTY) for ai, bi in zip(a, b)]
+        expected = [min((ai * x + bi) % 2**64 >> 32 for x in xs) if xs else int(EMPTY) for ai, bi in zip(a, b)]
         assert row.tolist() == expected
     # batches of documents across kernel blocks: the same rows one document at a time
     assert np.array_equal(sigs, np.concatenate([signatures([d], CFG) for d in docs_of(texts)]))
@@ -370,7 +373,7 @@ def test_chain_of_near_duplicates_is_one_cluster(real_texts):
 def test_short_and_empty_documents():
     docs = docs_of(["", "...", "Hello there, world", "hello there world!", "hello there"])
     sigs = signatures(docs, CFG)
-    assert (sigs[:2] == EMPTY).all() and (sigs[2:] < MERSENNE_61).all()
+    assert (sigs[:2] == EMPTY).all() and (sigs[2:] < 2**32).all()
     keep, clusters = near_duplicates(docs, CFG)
     assert clusters == [["2", "3"]] and keep == ["0", "1", "2", "4"]
     with pytest.raises(ValueError, match="unique"):

@@ -10,18 +10,9 @@ from scratchlm.inference import generate, generate_batch, sample_next
 from scratchlm.inference.sampling import sampling_probs
 from scratchlm.inference.speculative import speculative_generate
 from scratchlm.model import ModelConfig, TransformerLM
+from tests.inference import stats
 
 PROMPTS = [[1, 2, 3], [7], [5, 6, 7, 8, 9, 10, 11]]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a thread pool only adds overhead (and float64 matmuls on 2 busy cores
-    slow down by orders of magnitude), and the distribution tests run thousands of forward passes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(seed: int, vocab: int = 40, context: int = 64, d_model: int = 32, n_layers: int = 2,
@@ -98,29 +89,12 @@ def tiny_pair() -> tuple[TransformerLM, TransformerLM]:
             make_model(11, vocab=VOCAB, context=16, d_model=16, n_layers=1, n_heads=2))
 
 
-@torch.no_grad()
 def exact_two_token_law(model: TransformerLM, **sampling) -> torch.Tensor:
-    """(VOCAB * VOCAB,) probabilities of (first, second) generated token, from the model's softmax."""
-    first = sampling_probs(model(torch.tensor([PROMPT]))[0, -1], **sampling).double()  # (V,)
-    continued = torch.tensor([PROMPT + [t] for t in range(VOCAB)])  # (V, len + 1)
-    second = sampling_probs(model(continued)[:, -1], **sampling).double()  # (V, V): row = first token
-    return (first[:, None] * second).flatten()
+    return stats.exact_two_token_law(model, PROMPT, lambda logits, _: sampling_probs(logits, **sampling))
 
 
 def chi_square_p_value(samples: list[tuple[int, int]], law: torch.Tensor) -> float:
-    """Pearson's test of the observed pairs against `law`; outcomes expected fewer than 5 times are pooled
-    (the chi-square approximation needs that). An outcome of probability 0 that occurs rejects outright."""
-    counts = torch.bincount(torch.tensor([a * VOCAB + b for a, b in samples]), minlength=VOCAB * VOCAB).double()
-    if counts[law == 0].sum() > 0:
-        return 0.0
-    expected = law * len(samples)
-    small = (expected < 5) & (law > 0)
-    observed = torch.cat([counts[expected >= 5], counts[small].sum()[None]])
-    expect = torch.cat([expected[expected >= 5], expected[small].sum()[None]])
-    observed, expect = observed[expect > 0], expect[expect > 0]
-    stat = ((observed - expect) ** 2 / expect).sum()
-    df = len(expect) - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2), stat / 2))
+    return stats.chi_square_p_value([a * VOCAB + b for a, b in samples], law)
 
 
 @pytest.mark.parametrize(("k", "max_new", "top_p"), [(1, 2, None), (3, 3, None), (2, 3, 0.9)])

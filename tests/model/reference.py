@@ -61,7 +61,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~allowed(q.shape[2], k.shape[2], sliding_window), float("-inf"))
+    scores = scores.masked_fill(~allowed(q.shape[2], k.shape[2], sliding_window).to(scores.device), float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 

@@ -97,9 +97,7 @@ def test_get_attention():
     assert get_attention("naive", "cpu") is naive_attention
     assert get_attention("sdpa", "cpu") is sdpa_attention
     assert get_attention("auto", "cpu") is naive_attention
-    assert get_attention("auto", "cuda") is sdpa_attention
-    with pytest.raises(ValueError, match=r"'flash' is not available.*use 'naive' or 'sdpa'"):
-        get_attention("flash", "cpu")
+    # "flash", and "auto" on CUDA, depend on whether Triton is installed: tests/kernels/test_wiring.py.
     with pytest.raises(ValueError, match=r"unknown attention backend 'nope'.*naive.*sdpa"):
         get_attention("nope", "cpu")
 
@@ -165,8 +163,3 @@ def test_attention_module_shapes_and_init():
     assert module.qkv_proj.std == pytest.approx((2 / (32 + 32)) ** 0.5)
     assert attention_module(small_config()).q_norm is None
 
-
-def test_attention_module_flash_backend_on_cpu_raises():
-    module = attention_module(small_config(attention="flash"))
-    with pytest.raises(ValueError, match="not available"):
-        module(torch.randn(1, 4, 32, dtype=torch.float64), torch.arange(4))

@@ -248,7 +248,7 @@ def test_held_out_check_predicts_a_run_at_ten_times_the_largest_budget(noisy_run
     held_out = [Run(params=n, tokens=budget / (6 * n), compute=budget, budget=budget, name=f"N{n:.3g}",
                     loss=float(TRUE.predict_loss(n, budget / (6 * n)))) for n in (n_opt, 3 * n_opt)]
     rows = check_held_out(noisy_runs, held_out, n_boot=5, seed=0)
-    assert [r["name"] for r in rows] == ["N{:.3g}".format(n_opt), "N{:.3g}".format(3 * n_opt)]
+    assert [r["name"] for r in rows] == [f"N{n_opt:.3g}", f"N{3 * n_opt:.3g}"]
     for row, run in zip(rows, held_out):
         p3 = row["parametric"]
         assert p3["error"] == pytest.approx(p3["predicted"]["value"] / run.loss - 1)

@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from scratchlm.inference import generate_batch
-from scratchlm.tokenizer import Tokenizer
-from scratchlm.train.checkpoint import load_trained_model
-from scratchlm.train.data import resolve_device
+from scratchlm.inference.loading import load_for_inference
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -21,29 +19,27 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
     parser.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty, 1 = off (default: 1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
     parser.set_defaults(func=generate_cmd)
 
 
 def generate_cmd(args: argparse.Namespace) -> int:
     if args.max_new_tokens <= 0:
         raise ValueError("--max-new-tokens must be positive")
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
-    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else trained.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"no tokenizer beside {args.checkpoint}; pass --tokenizer")
-    if tokenizer.vocab_size > trained.model.config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, more than the model's {trained.model.config.vocab_size}")
+    model, tokenizer = load_for_inference(args.checkpoint, device=args.device, dtype=args.dtype,
+                                          tokenizer=args.tokenizer)
     eot = tokenizer.special_ids.get("<|endoftext|>")
     prompt = tokenizer.encode(args.prompt)
-    room = trained.model.config.context_length - len(prompt)
+    room = model.config.context_length - len(prompt)
     if room <= 0:
-        raise ValueError(f"the prompt is {len(prompt)} tokens, the model's context only {trained.model.config.context_length}")
+        raise ValueError(f"the prompt is {len(prompt)} tokens, the model's context only {model.config.context_length}")
     if args.max_new_tokens > room:
         print(f"note: generating {room} tokens, all that fit in the context", file=sys.stderr)
-    outputs = generate_batch(trained.model, [prompt] * args.num_samples, min(args.max_new_tokens, room),
+    outputs = generate_batch(model, [prompt] * args.num_samples, min(args.max_new_tokens, room),
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             stop_ids=[] if eot is None else [eot])
+                             stop_ids=[] if eot is None else [eot], repetition_penalty=args.repetition_penalty)
     for i, ids in enumerate(outputs):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")

@@ -23,9 +23,16 @@ STAGES: dict[str, str] = {
     "tokenizer": "train, encode with and inspect byte-level BPE tokenizers",
     "train": "train a Transformer language model on token files",
     "generate": "sample text from a checkpoint",
+    "serve": "an OpenAI-compatible HTTP server with a chat page",
+    "chat": "chat with a checkpoint in the terminal",
+    "eval": "evaluate a checkpoint (perplexity, MMLU, GSM8K, MATH, instructions, safety) into a report card",
+    "sft": "supervised fine-tuning on instruction data in the chat template",
+    "dpo": "direct preference optimization on chosen/rejected pairs",
+    "grpo": "policy-gradient RL (GRPO) on verifiable rewards",
     "plot": "draw loss and learning-rate curves of training runs",
     "export": "export checkpoints to Hugging Face (LlamaForCausalLM) and import them back",
     "scaling": "IsoFLOP sweeps, scaling-law fits and compute-optimal planning",
+    "bench": "time, profile and memory-account a training step of a preset's model",
     "speedrun": "the whole pipeline end to end on a small default",
 }
 

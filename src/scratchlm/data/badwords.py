@@ -6,8 +6,9 @@ Words", https://github.com/LDNOOBW/List-of-Dirty-Naughty-Obscene-and-Otherwise-B
 The rule is blunt on purpose: it also removes medical, educational and LGBTQ+ pages that use these words, which
 is a known cost of C4 (Dodge et al. 2021); use it where that trade-off is wanted.
 
-`resources/badwords_en.txt` (one lowercase entry per line, phrases allowed) was written from that public list
-without network access: it follows the list closely but is not guaranteed byte-identical to any revision of it.
+`resources/badwords_en.txt` (one lowercase entry per line, phrases allowed) is the list's `en` file at commit
+25e679f03d96baa721cde20db9944649e8d0a844, the revision TensorFlow Datasets' C4 builder downloads (377 entries,
+CC BY 4.0). Later revisions dropped some entries (e.g. "bastard", "fuckin"); C4 used this one.
 
 Matching, as C4's TensorFlow Datasets code does it (one regex over the lowercased text, entries flanked by
 non-word characters): an entry matches case-insensitively as whole words, i.e. not preceded or followed by a

@@ -178,13 +178,16 @@ def count_lines(docs: Iterable[Document]) -> LineCounts:
     return counts.merge(LineCounts.from_hashes(np.concatenate(pending)))
 
 
-def drop_repeated_lines(doc: Document, counts: LineCounts) -> Document | None:
+def drop_repeated_lines(doc: Document, counts: LineCounts, keep_blank: bool = False) -> Document | None:
     """Pass 2: `doc` keeping only the lines counted once (None when nothing remains); records how many
-    lines went in metadata["dedup_lines_removed"]."""
+    lines went in metadata["dedup_lines_removed"]. keep_blank also keeps whitespace-only lines, which every
+    document repeats: without it, paragraph breaks go too (a document left with blank lines only is None)."""
     lines = split_lines(doc.text)
     keep = counts.count_of(line_hashes(doc.text)) == 1  # (n_lines,)
+    if keep_blank:
+        keep |= np.fromiter((not line.strip() for line in lines), dtype=bool, count=len(lines))
     text = "".join(line for line, k in zip(lines, keep.tolist()) if k)
-    if not text:
+    if not text or (keep_blank and not text.strip()):
         return None
     removed = len(lines) - int(keep.sum())
     return dataclasses.replace(doc, text=text, metadata={**doc.metadata, "dedup_lines_removed": removed})

@@ -1,12 +1,13 @@
 """Near-duplicate removal with MinHash signatures and LSH banding, verified by true Jaccard similarity.
 
 Pipeline (docs/dedup.md has the maths): normalise each document and cut it into word n-gram shingles,
-hashed once to 64 bits; the signature holds, for each of `num_hashes` universal hash functions
-h(x) = a*x + b mod (2^61 - 1), the minimum over the document's shingles, so two signatures agree at a
-position with probability Jaccard(A, B); LSH cuts signatures into `bands` bands of `rows` rows, and
-pairs that agree on all rows of some band are candidates, with probability 1 - (1 - s^rows)^bands;
-a candidate pair counts only if the true Jaccard of its shingle sets reaches the threshold; union-find
-turns those pairs into clusters, and each cluster keeps its first document in input order.
+hashed once to 64 bits; the signature holds, for each of `num_hashes` strongly universal hash functions
+h(x) = (a*x + b mod 2^64) >> 32 of the hash's top 32 bits x, the minimum over the document's shingles,
+so two signatures agree at a position with probability ~Jaccard(A, B); LSH cuts signatures into `bands`
+bands of `rows` rows, and pairs that agree on all rows of some band are candidates, with probability
+1 - (1 - s^rows)^bands; a candidate pair counts only if the true Jaccard of its shingle sets reaches the
+threshold; union-find turns those pairs into clusters, and each cluster keeps its first document in input
+order.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from scratchlm.atomic import write_text_atomic
 from scratchlm.data.dedup_exact import _check_unique_names, _read, fmix64, hash_segments
 from scratchlm.data.document import Document
 
-MERSENNE_61 = (1 << 61) - 1
-_P = np.uint64(MERSENNE_61)
-EMPTY = np.uint64(2**64 - 1)  # signature value of a document without shingles; real values are < 2^61 - 1
+EMPTY = np.uint64(2**64 - 1)  # signature value of a document without shingles; real values are < 2^32
 _NGRAM_MULT = np.uint64(0xBF58476D1CE4E5B9)
 _BAND_MULT = np.uint64(0x94D049BB133111EB)
 _BLOCK = 512  # shingles per kernel step: 256-1024 measure alike; less pays NumPy's per-call cost, more leaves cache
@@ -126,8 +125,8 @@ def _words(text: str) -> tuple[np.ndarray, np.ndarray]:
     return cps[is_word], np.flatnonzero(starts_word[is_word])
 
 
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """(n_shingles,) sorted distinct uint64 hashes of shingle_strings(text, ngram).
+def _shingle_hash_values(text: str, ngram: int) -> np.ndarray:
+    """(count,) uint64 hashes of the document's word n-grams in text order, repeats included.
 
     Each word is hashed once (hash_segments over its code points); an n-gram's hash is
     fmix64(sum_k word_{i+k} * M_k) with odd multipliers M_k, computed for all i at once (n array ops)."""
@@ -141,8 +140,13 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     acc = words[:count] * mults[0]
     for k in range(1, n):
         acc += words[k : k + count] * mults[k]
-    acc = np.sort(fmix64(acc))  # sort + drop repeats: faster than np.unique's hash table here
-    return acc[np.r_[True, acc[1:] != acc[:-1]]]
+    return fmix64(acc)
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """(n_shingles,) sorted distinct uint64 hashes of shingle_strings(text, ngram)."""
+    values = np.sort(_shingle_hash_values(text, ngram))  # sort + drop repeats: faster than np.unique here
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,46 +155,34 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _hash_functions(num_hashes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(a, b), each (num_hashes,) uint64: h_i(x) = a_i*x + b_i mod p, a_i in [1, p), b_i in [0, p)."""
+    """(a, b), each (num_hashes,) uint64 drawn uniformly from [0, 2^64): h_i(x) = ((a_i*x + b_i) mod 2^64) >> 32."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, MERSENNE_61, size=num_hashes, dtype=np.uint64)
-    return a, rng.integers(0, MERSENNE_61, size=num_hashes, dtype=np.uint64)
+    return tuple(rng.integers(0, 2**64, size=num_hashes, dtype=np.uint64, endpoint=False) for _ in range(2))
 
 
-def _operands(a: np.ndarray, b: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """a_hi, a_lo, b repeated to (num_hashes, width), with a = a_hi * 2^29 + a_lo (a_hi < 2^32, a_lo < 2^29).
-    Whole arrays because NumPy multiplies (H, width) by (width,) ~2.5x faster than (H, 1) by (width,)."""
-    columns = (a >> np.uint64(29), a & np.uint64((1 << 29) - 1), b)
-    return tuple(np.repeat(c[:, None], width, axis=1) for c in columns)
+def _operands(a: np.ndarray, b: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """a, b repeated to (num_hashes, width). Whole arrays because NumPy multiplies (H, width) by (width,)
+    ~2.5x faster than (H, 1) by (width,)."""
+    return tuple(np.repeat(c[:, None], width, axis=1) for c in (a, b))
 
 
-def _mersenne_hash(x: np.ndarray, operands: tuple, bufs: tuple) -> np.ndarray:
-    """(num_hashes, m) exact h_i(x_j) = a_i*x_j + b_i mod p for x (m,) < 2^32, in uint64 (p = 2^61 - 1).
+def _multiply_add(x: np.ndarray, operands: tuple, buf: np.ndarray) -> np.ndarray:
+    """(num_hashes, m) a_i*x_j + b_i mod 2^64 for x (m,) < 2^32: h_i(x_j) before its final `>> 32`.
 
-    a*x = a_hi*x * 2^29 + a_lo*x, and neither product overflows: u = a_hi*x < 2^64, w = a_lo*x < 2^61.
-    As 2^61 = 1 (mod p), u * 2^29 = (u >> 32) * 2^61 + (u mod 2^32) * 2^29 = (u >> 32) + ((u << 29) & p).
-    Bounds: (u << 29) & p <= 2^61 - 2^29, u >> 32 < 2^32, w <= 2^61 - 2^32 - 2^29 + 1, so those three sum to
-    < 2p, and s = their sum + b < 3p. In unsigned arithmetic s - p wraps to above 2^64 - p when s < p, so
-    min(s, s - p) subtracts p exactly when s >= p: twice brings s into [0, p). 12 array operations per
-    (function, shingle), no branches; docs/dedup.md has the derivation, a test the big-integer check."""
-    a_hi, a_lo, b = (op[:, : len(x)] for op in operands)
-    u, s = (buf[:, : len(x)] for buf in bufs)
-    np.multiply(a_hi, x, out=u)
-    np.left_shift(u, np.uint64(29), out=s)
-    s &= _P
-    u >>= np.uint64(32)
-    s += u
-    np.multiply(a_lo, x, out=u)
-    s += u
-    s += b
-    for _ in range(2):
-        np.subtract(s, _P, out=u)
-        np.minimum(s, u, out=s)
-    return s
+    Dietzfelbinger's multiply-add-shift: for 32-bit keys and a, b uniform in [0, 2^64), the top 32 bits
+    of a*x + b mod 2^64 are a strongly universal hash to 32 bits. 2 array operations per (function,
+    shingle); the shift commutes with the minimum (it is monotone), so _signature_rows shifts only the
+    minima. docs/dedup.md has the reasoning, a test the big-integer check."""
+    a, b = (op[:, : len(x)] for op in operands)
+    out = buf[:, : len(x)]
+    np.multiply(a, x, out=out)
+    out += b
+    return out
 
 
 def _signature_rows(shingle_sets: Sequence[np.ndarray], cfg: MinHashConfig) -> np.ndarray:
-    """(n, num_hashes) uint64 MinHash signatures of n shingle-hash arrays (EMPTY rows for empty sets).
+    """(n, num_hashes) uint64 MinHash signatures of n shingle-hash arrays, values < 2^32 (EMPTY rows for
+    empty sets).
 
     Shingles of all documents go through the kernel back to back, _BLOCK at a time, and
     np.minimum.reduceat takes the minimum of each document's part of a block."""
@@ -200,27 +192,27 @@ def _signature_rows(shingle_sets: Sequence[np.ndarray], cfg: MinHashConfig) -> n
     sig = np.full((cfg.num_hashes, len(shingle_sets)), EMPTY)
     if not len(filled):
         return sig.T.copy()
-    # The top 32 bits as the hash functions' input: 2 products per value instead of 4 (docs/dedup.md).
+    # The top 32 bits of the 64-bit shingle hash are the hash functions' input (docs/dedup.md).
     x = np.concatenate([shingle_sets[i] for i in filled]) >> np.uint64(32)  # (M,)
     offsets = np.concatenate(([0], np.cumsum(lengths[filled])))  # (k+1,) document i is x[off[i]:off[i+1]]
     mins = np.full((cfg.num_hashes, len(filled)), EMPTY)  # (H, k)
-    bufs = tuple(np.empty((cfg.num_hashes, _BLOCK), dtype=np.uint64) for _ in range(2))
+    buf = np.empty((cfg.num_hashes, _BLOCK), dtype=np.uint64)
     for lo in range(0, len(x), _BLOCK):
         hi = min(lo + _BLOCK, len(x))
         d0 = np.searchsorted(offsets, lo, side="right") - 1  # documents d0..d1-1 overlap [lo, hi)
         d1 = np.searchsorted(offsets, hi, side="left")
-        values = _mersenne_hash(x[lo:hi], operands, bufs)  # (H, hi-lo)
+        values = _multiply_add(x[lo:hi], operands, buf)  # (H, hi-lo)
         block_mins = np.minimum.reduceat(values, np.maximum(offsets[d0:d1], lo) - lo, axis=1)  # (H, d1-d0)
         np.minimum(mins[:, d0:d1], block_mins, out=mins[:, d0:d1])
-    sig[:, filled] = mins
+    sig[:, filled] = mins >> np.uint64(32)
     return sig.T.copy()
 
 
 def shard_signatures(texts: Iterable[str], cfg: MinHashConfig) -> np.ndarray:
     """(n, num_hashes) signatures of one shard of texts: what each worker of signatures_parallel runs."""
     parts, batch, size = [], [], 0
-    for text in texts:
-        batch.append(shingle_hashes(text, cfg.ngram))
+    for text in texts:  # a minimum needs neither sorted nor distinct shingles: skip shingle_hashes' sort
+        batch.append(_shingle_hash_values(text, cfg.ngram))
         size += len(batch[-1])
         if size >= _SIG_BATCH:
             parts.append(_signature_rows(batch, cfg))

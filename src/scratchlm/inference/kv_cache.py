@@ -44,6 +44,21 @@ class KVCache:
     def layer(self, index: int) -> LayerKV:
         return LayerKV(self.k[index], self.v[index])
 
+    def slot(self, index: int) -> SlotView:
+        """Row `index` alone, as a batch-1 cache (prefilling one sequence into its slot)."""
+        return SlotView(self, index)
+
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+class SlotView:
+    """One row of a KVCache with the KVCache interface: writes land in the shared tensors."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache, self.index = cache, index
+
+    def layer(self, index: int) -> LayerKV:
+        row = slice(self.index, self.index + 1)
+        return LayerKV(self.cache.k[index, row], self.cache.v[index, row])

@@ -93,15 +93,30 @@ ATTENTION_BACKENDS: dict[str, AttentionFn] = {"naive": naive_attention, "sdpa": 
 LAZY_BACKENDS = {"flash": "scratchlm.kernels.flash_attention"}
 
 
-def get_attention(name: str, device_type: str) -> AttentionFn:
-    """The backend `name` for tensors on `device_type`; "auto" picks the fastest available there."""
-    if name == "auto":
-        name = "sdpa" if device_type == "cuda" else "naive"
-    if name not in ATTENTION_BACKENDS and name in LAZY_BACKENDS:
+# Lazy backends whose import failed, with the reason (tried once per process).
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def _load_lazy(name: str) -> bool:
+    """Import the module of a lazy backend (it registers itself in ATTENTION_BACKENDS); False if it cannot be."""
+    if name not in ATTENTION_BACKENDS and name not in _UNAVAILABLE:
         try:
-            importlib.import_module(LAZY_BACKENDS[name])  # registers itself in ATTENTION_BACKENDS
-        except ModuleNotFoundError as e:
-            raise ValueError(f"attention backend {name!r} is not available ({e}); use 'naive' or 'sdpa'") from e
+            importlib.import_module(LAZY_BACKENDS[name])
+        except ImportError as e:
+            _UNAVAILABLE[name] = str(e)
+    return name in ATTENTION_BACKENDS
+
+
+def get_attention(name: str, device_type: str) -> AttentionFn:
+    """The backend `name` for tensors on `device_type`; "auto" picks the fastest available there: flash on CUDA
+    when Triton imports (it hands the cases its kernels skip to sdpa), else sdpa on CUDA, naive elsewhere."""
+    if name == "auto":
+        if device_type != "cuda":
+            name = "naive"
+        else:
+            name = "flash" if _load_lazy("flash") else "sdpa"
+    if name in LAZY_BACKENDS and not _load_lazy(name):
+        raise ValueError(f"attention backend {name!r} is not available ({_UNAVAILABLE[name]}); use 'naive' or 'sdpa'")
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(ATTENTION_BACKENDS) + ['auto']}")
     return ATTENTION_BACKENDS[name]
@@ -123,9 +138,12 @@ class CausalSelfAttention(nn.Module):
         self.qkv_proj = Linear(config.d_model, q_dim + 2 * kv_dim, std=std, row_splits=(q_dim, kv_dim, kv_dim),
                                device=device, dtype=dtype)
         self.o_proj = Linear(q_dim, config.d_model, device=device, dtype=dtype)
-        self.q_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.norm_eps, device=device, dtype=dtype) if config.qk_norm else None
+        norm = dict(device=device, dtype=dtype, backend=config.norm_backend)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps, **norm) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps, **norm) if config.qk_norm else None
         self.rope = rope
+        if torch.cuda.is_available():  # import a Triton backend now: an import inside a compiled forward breaks the graph
+            get_attention(self.backend, "cuda")
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
         """x: (batch, seq, d_model) -> same. With `cache`, this call's k/v are stored at `positions` and the

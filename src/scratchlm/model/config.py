@@ -8,6 +8,7 @@ from typing import Literal
 from scratchlm.config import ConfigError
 
 AttentionBackend = Literal["auto", "naive", "sdpa", "flash"]
+NormBackend = Literal["auto", "torch", "triton"]
 
 
 def default_d_ff(d_model: int, multiple_of: int = 64) -> int:
@@ -30,6 +31,7 @@ class ModelConfig:
     tie_embeddings: bool = field(default=False, metadata={"help": "share the token embedding with the LM head"})
     sliding_window: int | None = field(default=None, metadata={"help": "attend only to the last N positions (default: all)"})
     attention: AttentionBackend = field(default="auto", metadata={"help": "attention implementation: naive (ours), sdpa (PyTorch's), flash (Triton), auto (best available)"})
+    norm_backend: NormBackend = field(default="auto", metadata={"help": "RMSNorm implementation: torch (eager PyTorch), triton (our kernel), auto (triton on CUDA when importable, else torch)"})
 
     # Unset fields stay None (so a preset that changes n_heads or d_model also changes what they resolve to);
     # code reads the resolved values kv_heads and ffn_dim.

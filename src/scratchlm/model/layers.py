@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -68,20 +70,45 @@ class Embedding(nn.Module):
         return f"vocab_size={self.vocab_size}, d_model={self.d_model}"
 
 
+NORM_BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_rms_norm(backend: str) -> Callable[[Tensor, Tensor, float], Tensor] | None:
+    """The Triton RMSNorm (scratchlm.kernels.rmsnorm) if `backend` may use it: "triton" requires it, "auto" takes
+    it when there is a GPU and Triton imports, "torch" never does."""
+    if backend not in NORM_BACKENDS:
+        raise ValueError(f"unknown norm backend {backend!r}; choose from {list(NORM_BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and not torch.cuda.is_available()):
+        return None
+    try:
+        return importlib.import_module("scratchlm.kernels.rmsnorm").rms_norm
+    except ImportError as e:
+        if backend == "triton":
+            raise ValueError(f"norm backend 'triton' is not available ({e}); use 'torch'") from e
+        return None
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * g over the last dimension, computed in at least float32 (bf16 squares lose too much), cast back."""
+    """x / rms(x) * g over the last dimension, computed in at least float32 (bf16 squares lose too much), cast back.
+    backend: "torch" (below), "triton" (the fused kernel, same arithmetic), "auto" (triton for CUDA tensors of the
+    dtypes it handles when Triton is installed, else torch)."""
 
     def __init__(self, d_model: int, eps: float = 1e-5, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, backend: str = "auto"):
         super().__init__()
-        self.eps = eps
+        self.eps, self.backend = eps, backend
         self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        # Imported here, not in forward: an import inside a torch.compile'd forward would break the graph.
+        self.triton_kernel = triton_rms_norm(backend)
         self.init_weights()
 
     def init_weights(self) -> None:
         nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same
+        if self.triton_kernel is not None and (self.backend == "triton" or (
+                x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32))):
+            return self.triton_kernel(x, self.weight, self.eps)
         wide = x.to(compute_dtype(x.dtype))
         normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.to(wide.dtype)).to(x.dtype)

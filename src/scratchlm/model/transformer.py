@@ -23,9 +23,9 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, rope: RotaryEmbedding, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.attn = CausalSelfAttention(config, rope, device=device, dtype=dtype)
-        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
@@ -44,7 +44,7 @@ class TransformerLM(nn.Module):
         self.embed = Embedding(config.vocab_size, config.d_model, std=embed_std, device=device, dtype=dtype)
         rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta, device=device)
         self.layers = nn.ModuleList(Block(config, rope, device=device, dtype=dtype) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
 
     def init_weights(self) -> None:

@@ -1,7 +1,8 @@
 """Checkpoints: one file with model, optimizer, step, RNG states, config and tokenizer identity.
 
 Written atomically (temp file + rename): a run killed mid-save keeps its previous checkpoint intact.
-The data position needs no state of its own: batches are a function of (seed, step), see train.data.
+The data position needs no state of its own: batches are a function of (seed, rank, step), see train.data.
+Sharded runs (scratchlm.parallel) gather full state to rank 0 and save it here in the same layout.
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    step: int, config: dict[str, Any], tokenizer_sha256: str | None, **extra: Any) -> None:
-    """`config` is the run's resolved config as a plain dict (`scratchlm.config.to_dict`)."""
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | dict[str, Any] | None, step: int, config: dict[str, Any],
+                    tokenizer_sha256: str | None, **extra: Any) -> None:
+    """`config` is the run's resolved config as a plain dict (`scratchlm.config.to_dict`). `model` and
+    `optimizer` may be given as their state_dicts (sharded runs gather full state first)."""
     state = {
         "format": FORMAT,
         "version": VERSION,
         "step": step,
         "config": config,
         "tokenizer_sha256": tokenizer_sha256,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": model.state_dict() if isinstance(model, torch.nn.Module) else model,
+        "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
         "rng": rng_state(),
         **extra,
     }

@@ -8,6 +8,7 @@ from typing import Literal
 from scratchlm.config import ConfigError
 from scratchlm.model.config import ModelConfig
 from scratchlm.optim.config import OptimizerConfig, ScheduleConfig
+from scratchlm.parallel.config import ParallelConfig
 
 
 @dataclass(kw_only=True)
@@ -23,9 +24,10 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     out: str = field(default="runs/train", metadata={"help": "run folder: config, metrics, checkpoints"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch (per rank)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto"})
     dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={"help": "compute dtype (autocast); auto = bfloat16 on CUDA, float32 elsewhere"})
@@ -57,4 +59,5 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens per optimizer step on one rank (a data-parallel run multiplies by its number of ranks)."""
         return self.batch_size * self.grad_accum * self.seq_len

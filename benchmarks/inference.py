@@ -1,0 +1,342 @@
+"""Inference speed: our engine vs Hugging Face `generate` on the same weights, against the bandwidth bound.
+
+    python benchmarks/inference.py                                   # GPU: gpt2-small-124m and gpt-350m
+    python benchmarks/inference.py --quick                           # CPU smoke test on cpu-tiny (seconds)
+    python benchmarks/inference.py --presets gpt2-small-124m --batches 1,8 --no-hf
+    python benchmarks/inference.py --target-checkpoint runs/big --draft-checkpoint runs/small   # real acceptance
+
+For each preset (configs/train/<name>.toml's model shape, random weights: speed does not depend on their
+values, but speculative acceptance does, see below), in one process, same weights for both sides:
+- copy bandwidth: a large device-to-device copy, (read + written bytes) / time;
+- decode at batch 1: tokens/s after the first token, vs the memory-bandwidth bound = copy bandwidth /
+  (weight bytes + the KV bytes a token must read at the mean context), eager and (CUDA) CUDA-graph compiled;
+- end-to-end generation at batch 1, 8, 32, 128 (prompt --prompt-len random tokens, --new-tokens greedy
+  tokens each, prefill included): ours (`Engine`, one slot per sequence) vs `LlamaForCausalLM.generate`
+  from our weights (scratchlm.export's mapping), tokens generated per second and the ratio;
+- prefill tokens/s (one --prefill-len sequence) and time to first token (prompt --prompt-len, 1 new token);
+- speculative decoding at batch 1 (`speculative_generate`, a --draft-layers x --draft-d-model draft) for each
+  k in --ks: speed-up over plain cached decoding and the acceptance rate. With random weights acceptance is
+  chance agreement between unrelated models; give trained checkpoints for meaningful numbers.
+
+Timings: median of --repeats runs after a warm-up run (compilation and CUDA-graph capture stay outside), CUDA
+synchronised around each run. Writes benchmarks/results/inference.{json,md} (--quick: inference_quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from scratchlm.config import build_config  # noqa: E402
+from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
+from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
+from scratchlm.inference.kv_cache import KVCache  # noqa: E402
+from scratchlm.inference.loading import DTYPES  # noqa: E402
+from scratchlm.inference.speculative import speculative_generate  # noqa: E402
+from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
+from scratchlm.run_info import run_info  # noqa: E402
+from scratchlm.train import TrainConfig  # noqa: E402
+from scratchlm.train.checkpoint import load_trained_model  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `run()` over `repeats` runs after one warm-up run."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        run()
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
+def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
+    """Bytes/s moved by a device copy (each byte read once and written once)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / timed(lambda: dst.copy_(src), device, max(repeats, 5))
+
+
+# -- ours -------------------------------------------------------------------------------------------------
+
+class Ours:
+    """One engine per (batch size, compiled): every run of a shape reuses its cache and its CUDA graphs."""
+
+    def __init__(self, model: TransformerLM, max_len: int):
+        self.model, self.max_len, self.engines = model, max_len, {}
+
+    def generate(self, prompts: list[list[int]], new_tokens: int, compile_: bool,
+                 temperature: float = 0.0) -> Callable[[], object]:
+        """Generation of `new_tokens` per prompt (prefill included; greedy by default), one slot per prompt."""
+        key = (len(prompts), compile_)
+        if key not in self.engines:
+            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, compile=compile_)
+            self.engines[key] = Engine(self.model, config)
+        engine, params = self.engines[key], SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=0)
+        return lambda: engine.generate(prompts, params)
+
+    def decode_rate(self, prompt: list[int], new_tokens: int, device: torch.device, repeats: int,
+                    compile_: bool) -> dict:
+        """Batch-1 decode tokens/s after the first token: (n - 1) / (time(n tokens) - time(1 token))."""
+        full = timed(self.generate([prompt], new_tokens, compile_), device, repeats)
+        first = timed(self.generate([prompt], 1, compile_), device, repeats)
+        return {"tokens_per_second": (new_tokens - 1) / (full - first), "ttft_s": first, "total_s": full}
+
+
+def ours_prefill(model: TransformerLM, ids: torch.Tensor) -> Callable[[], object]:
+    cache = KVCache(model.config, 1, ids.shape[1], device=ids.device, dtype=next(model.parameters()).dtype)
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return torch.no_grad()(lambda: model(ids, positions, kv_cache=cache))
+
+
+# -- Hugging Face ---------------------------------------------------------------------------------------
+
+def hf_model(model: TransformerLM, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**llama_config(model.config))
+    config._attn_implementation = "sdpa"
+    hf = LlamaForCausalLM(config).to(device=next(model.parameters()).device, dtype=dtype).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_embeddings else set()):
+        raise RuntimeError(f"HF weights do not match: missing {missing}, unexpected {unexpected}")
+    return hf
+
+
+def hf_generate(hf, prompts: torch.Tensor, new_tokens: int) -> Callable[[], object]:
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                  eos_token_id=None, attention_mask=torch.ones_like(prompts))
+    return torch.no_grad()(lambda: hf.generate(prompts, **kwargs))
+
+
+# -- one preset -----------------------------------------------------------------------------------------
+
+def model_config(preset: str, args: argparse.Namespace) -> ModelConfig:
+    config = build_config(TrainConfig, f"train/{preset}").model
+    needed = args.prompt_len + args.new_tokens
+    return dataclasses.replace(config, context_length=max(config.context_length, needed, args.prefill_len))
+
+
+def bytes_per_token(model: TransformerLM, context: float) -> float:
+    """Weights (each read once per decode step) + the keys and values of `context` positions, at batch 1."""
+    c, size = model.config, next(model.parameters()).element_size()
+    kv = 2 * c.n_layers * c.kv_heads * c.head_dim * size * context
+    return model.num_params() * size + kv
+
+
+def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: argparse.Namespace,
+                 device: torch.device, dtype: torch.dtype, bandwidth: float) -> dict:
+    gen = torch.Generator().manual_seed(args.seed)
+    vocab = model.config.vocab_size
+    prompt = torch.randint(0, vocab, (args.prompt_len,), generator=gen).tolist()
+    result: dict = {"preset": name, "params": model.num_params(), "config": dataclasses.asdict(model.config)}
+    # 1) batch-1 decode vs the bandwidth bound, eager and compiled
+    bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
+    modes = [False] + ([True] if device.type == "cuda" and not args.no_compile else [])
+    ours = Ours(model, args.prompt_len + args.new_tokens)
+    result["decode"] = {}
+    for compile_ in modes:
+        rate = ours.decode_rate(prompt, args.new_tokens, device, args.repeats, compile_)
+        rate["fraction_of_bound"] = rate["tokens_per_second"] / bound
+        result["decode"]["compiled" if compile_ else "eager"] = rate
+        log(f"{name}: decode b=1 {'compiled' if compile_ else 'eager'} {rate['tokens_per_second']:,.0f} tok/s "
+            f"({rate['fraction_of_bound']:.0%} of the {bound:,.0f} tok/s bound), TTFT {rate['ttft_s'] * 1e3:.1f} ms")
+    result["bound_tokens_per_second"] = bound
+    best_compile = len(modes) > 1
+    # 2) prefill and time to first token (ours; HF's beside it below)
+    long_prompt = torch.randint(0, vocab, (1, args.prefill_len), generator=gen).to(device)
+    result["prefill"] = {"ours": args.prefill_len / timed(ours_prefill(model, long_prompt), device, args.repeats)}
+    hf = hf_model(model, dtype) if not args.no_hf else None
+    if hf is not None:
+        result["prefill"]["hf"] = args.prefill_len / timed(
+            torch.no_grad()(lambda: hf(long_prompt, use_cache=True)), device, args.repeats)
+        ids = torch.tensor([prompt], device=device)
+        result["ttft_hf_s"] = timed(hf_generate(hf, ids, 1), device, args.repeats)
+    # 3) end-to-end generation at each batch size
+    result["batches"] = []
+    for batch in args.batches:
+        prompts = torch.randint(0, vocab, (batch, args.prompt_len), generator=gen)
+        row = {"batch": batch}
+        seconds = timed(ours.generate(prompts.tolist(), args.new_tokens, best_compile), device, args.repeats)
+        row["ours_tokens_per_second"] = batch * args.new_tokens / seconds
+        if hf is not None:
+            seconds = timed(hf_generate(hf, prompts.to(device), args.new_tokens), device, args.repeats)
+            row["hf_tokens_per_second"] = batch * args.new_tokens / seconds
+            row["speedup"] = row["ours_tokens_per_second"] / row["hf_tokens_per_second"]
+        log(f"{name}: batch {batch}: ours {row['ours_tokens_per_second']:,.0f} tok/s"
+            + (f", HF {row['hf_tokens_per_second']:,.0f} tok/s ({row['speedup']:.2f}x)" if hf is not None else ""))
+        result["batches"].append(row)
+    # 4) speculative decoding at batch 1
+    result["speculative"] = bench_speculative(ours, Ours(draft, ours.max_len), prompt, args, device)
+    return result
+
+
+def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
+                      device: torch.device) -> dict:
+    """Against plain eager cached decoding at the same temperature (speculative_generate is eager too)."""
+    n, sampling = args.new_tokens, dict(temperature=args.temperature)
+    plain = timed(target.generate([prompt], n, False, args.temperature), device, args.repeats)
+    draft_plain = timed(draft.generate([prompt], n, False, args.temperature), device, args.repeats)
+    rows = []
+    for k in args.ks:
+        stats: list[dict] = []
+
+        def run(k: int = k, stats: list[dict] = stats) -> None:
+            out, s = speculative_generate(target.model, draft.model, prompt, n, k=k, seed=len(stats), **sampling)
+            assert len(out) == n
+            stats.append(s)
+
+        seconds = timed(run, device, args.repeats)
+        accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
+        rows.append({"k": k, "tokens_per_second": n / seconds, "speedup": plain / seconds,
+                     "acceptance_rate": accepted / proposed if proposed else 0.0,
+                     "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
+        log(f"speculative k={k}: {plain / seconds:.2f}x, acceptance {rows[-1]['acceptance_rate']:.3f}")
+    return {"plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
+            "draft_params": draft.model.num_params(), "temperature": args.temperature, "rows": rows}
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def markdown(report: dict) -> str:
+    lines = [f"# Inference ({report['device']}, {report['dtype']})", "",
+             f"Random weights ({'trained checkpoints' if not report['random_weights'] else 'speed does not depend on them'}); "
+             f"prompt {report['prompt_len']} tokens, {report['new_tokens']} new tokens (greedy), prefill "
+             f"{report['prefill_len']} tokens; median of {report['repeats']} runs. Copy bandwidth "
+             f"{report['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s.", ""]
+    for r in report["presets"]:
+        lines += [f"## {r['preset']} ({r['params'] / 1e6:.0f}M parameters)", "",
+                  "| decode, batch 1 | tokens/s | of the bandwidth bound | time to first token |", "|---|---|---|---|"]
+        for mode, d in r["decode"].items():
+            lines.append(f"| ours, {mode} | {d['tokens_per_second']:,.0f} | {d['fraction_of_bound']:.0%} of "
+                         f"{r['bound_tokens_per_second']:,.0f} | {d['ttft_s'] * 1e3:.1f} ms |")
+        if "ttft_hf_s" in r:
+            lines.append(f"| HF generate | | | {r['ttft_hf_s'] * 1e3:.1f} ms |")
+        prefill = r["prefill"]
+        lines += ["", f"Prefill: ours {prefill['ours']:,.0f} tokens/s"
+                  + (f", HF {prefill['hf']:,.0f} tokens/s ({prefill['ours'] / prefill['hf']:.2f}x)" if "hf" in prefill else "")
+                  + ".", "", "| batch | ours tokens/s | HF generate tokens/s | ours / HF |", "|---|---|---|---|"]
+        for b in r["batches"]:
+            hf = f"{b['hf_tokens_per_second']:,.0f} | {b['speedup']:.2f}x" if "speedup" in b else "– | –"
+            lines.append(f"| {b['batch']} | {b['ours_tokens_per_second']:,.0f} | {hf} |")
+        s = r["speculative"]
+        lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}: plain "
+                  f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
+                  f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
+                  "| k | tokens/s | speed-up | acceptance | tokens / target forward |", "|---|---|---|---|---|"]
+        for row in s["rows"]:
+            lines.append(f"| {row['k']} | {row['tokens_per_second']:,.0f} | {row['speedup']:.2f}x | "
+                         f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} |")
+        lines.append("")
+    if report["random_weights"]:
+        lines.append("Acceptance rates with random weights are chance agreement between unrelated models.")
+    return "\n".join(lines) + "\n"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args() -> argparse.Namespace:
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:N")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--presets", default="gpt2-small-124m,gpt-350m", help="configs/train/<name> model shapes")
+    parser.add_argument("--batches", type=ints, default=[1, 8, 32, 128])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prefill-len", type=int, default=1024)
+    parser.add_argument("--ks", type=ints, default=[2, 4, 8], help="speculative draft lengths")
+    parser.add_argument("--draft-layers", type=int, default=2)
+    parser.add_argument("--draft-d-model", type=int, default=256)
+    parser.add_argument("--draft-heads", type=int, default=4)
+    parser.add_argument("--target-checkpoint", type=Path, help="trained target (replaces --presets)")
+    parser.add_argument("--draft-checkpoint", type=Path, help="trained draft on the same tokenizer")
+    parser.add_argument("--temperature", type=float, default=1.0, help="speculative sampling temperature")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--no-compile", action="store_true", help="skip the CUDA-graph decode")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--quick", action="store_true",
+                        help="cpu-tiny, small sizes, 1 thread: a smoke test of the script, not a measurement")
+    args = parser.parse_args()
+    if args.quick:
+        args.presets, args.batches, args.prompt_len, args.new_tokens = "cpu-tiny", [1, 4], 16, 16
+        args.prefill_len, args.ks, args.repeats, args.draft_d_model = 64, [2], 1, 64
+        args.threads = args.threads or 1  # tiny ops: a thread pool only adds overhead (and noise on busy cores)
+    return args
+
+
+def models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[tuple[str, TransformerLM, TransformerLM]]:
+    """(name, target, draft) per preset (random weights), or the two checkpoints."""
+    if args.target_checkpoint or args.draft_checkpoint:
+        if not (args.target_checkpoint and args.draft_checkpoint):
+            raise SystemExit("give both --target-checkpoint and --draft-checkpoint")
+        target, draft = (load_trained_model(p, device).model.to(dtype).eval()
+                         for p in (args.target_checkpoint, args.draft_checkpoint))
+        return [(str(args.target_checkpoint), target, draft)]
+    out = []
+    for preset in args.presets.split(","):
+        config = model_config(preset, args)
+        torch.manual_seed(args.seed)
+        target = TransformerLM(config, device=device, dtype=dtype).eval()
+        draft_config = dataclasses.replace(config, n_layers=args.draft_layers, d_model=args.draft_d_model,
+                                           n_heads=args.draft_heads, n_kv_heads=None, d_ff=None)
+        out.append((preset, target, TransformerLM(draft_config, device=device, dtype=dtype).eval()))
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # one compiled decode step per engine (batch size): more than dynamo's default 8 recompiles of the step
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    if not args.no_hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            log("transformers is not installed: skipping the Hugging Face baseline")
+            args.no_hf = True
+    bandwidth = copy_bandwidth(device, args.repeats, (1 << 30) if device.type == "cuda" else (1 << 26))
+    log(f"copy bandwidth {bandwidth / 1e9:,.1f} GB/s")
+    presets = [bench_preset(name, target, draft, args, device, dtype, bandwidth)
+               for name, target, draft in models(args, device, dtype)]
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "dtype": str(dtype).removeprefix("torch."), "random_weights": args.target_checkpoint is None,
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
+              "repeats": args.repeats, "bandwidth_bytes_per_s": bandwidth, "presets": presets, "run_info": run_info()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "inference_quick" if args.quick else "inference"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

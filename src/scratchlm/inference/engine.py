@@ -1,0 +1,347 @@
+"""Continuous batching: a fixed number of sequence slots in one static KV cache, requests queued, admitted
+into free slots as others finish, and decoded together one token per slot per step.
+
+    engine = Engine(model, EngineConfig(max_slots=8), tokenizer=tok)
+    rid = engine.add_request(tok.encode("Once upon"), SamplingParams(max_tokens=64, temperature=0.8, seed=1))
+    while engine.has_work:
+        for out in engine.step():   # StepOutput: this step's tokens, log-probs and text of one request
+            ...
+    engine.generate([prompt_a, prompt_b], SamplingParams(temperature=0))   # the same, all at once
+
+The cache row of a slot holds token position p at index p (see `KVCache`): a sequence admitted into a freed
+slot simply overwrites it from position 0, rows of different lengths decode in one batched forward (each at
+its own position), and every shape stays fixed (what CUDA graphs need).
+
+One `step`: 1) admit waiting requests into free slots: prefill all prompt tokens but the last into the slot's
+cache row; the last one is the slot's first decode input, so every token, the first included, is sampled in
+the same batched decode step; 2) decode a burst of up to `sync_every` steps on the device, each feeding every
+slot's previous token and sampling its next one (`sample_batch`), without reading anything back; 3) copy the
+burst's tokens and log-probabilities to the host once, and hand them to each sequence: a stop token, a stop
+string (found on the detokenised text, which only the host has: the reason for bursts rather than a device-
+side check) or max_tokens ends it and frees its slot. A burst never outlasts the shortest remaining
+max_tokens, so length-limited slots free exactly on time; tokens a slot decodes after a stop within a burst
+are discarded (at most sync_every - 1 steps of one slot).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from scratchlm.inference.kv_cache import KVCache
+from scratchlm.inference.sampling import check_sampling, mix64, sample_batch
+from scratchlm.inference.text import TextStream
+from scratchlm.model.layers import compute_dtype
+from scratchlm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    max_slots: int = 8  # sequences decoded together (the decode batch); more requests wait in the queue
+    max_len: int | None = None  # cache positions per slot = the longest prompt + max_tokens; None: the context
+    sync_every: int = 8  # decode steps between reads to the host (stop checks, streaming granularity)
+    prefill_chunk: int = 512  # prompt tokens per prefill forward (bounds the (tokens, vocab) logits)
+    compile: bool = False  # CUDA: torch.compile(mode="reduce-overhead") the decode step (CUDA graphs)
+
+    def __post_init__(self) -> None:
+        for name in ("max_slots", "sync_every", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_len is not None and self.max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (a prompt token and a new one), got {self.max_len}")
+
+
+@dataclass(kw_only=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0  # CTRL-style, over prompt + generated tokens; 1 = off
+    stop: tuple[str, ...] = ()  # stop strings (need the engine's tokenizer); cut from the text
+    stop_token_ids: tuple[int, ...] = ()  # kept as the last token, not in the text
+    seed: int | None = None  # None: drawn from torch's global generator when the request is added
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+        self.stop, self.stop_token_ids = tuple(self.stop), tuple(self.stop_token_ids)
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass
+class StepOutput:
+    """What one step added to one request. logprobs: the model's (log_softmax of the raw logits at the token);
+    sampling_logprobs: under the processed distribution the token was drawn from (0 when greedy)."""
+
+    request_id: int
+    token_ids: list[int]
+    logprobs: list[float]
+    sampling_logprobs: list[float]
+    text: str  # new text safe to show ("" without a tokenizer)
+    finish_reason: str | None = None  # "stop", "length" or "abort" once the request ended
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Completion:
+    """A finished request, all of it."""
+
+    request_id: int
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+    def add(self, out: StepOutput) -> None:
+        self.token_ids += out.token_ids
+        self.logprobs += out.logprobs
+        self.sampling_logprobs += out.sampling_logprobs
+        self.text += out.text
+        self.finish_reason = out.finish_reason
+
+
+@dataclass
+class _Sequence:
+    """Host-side state of one request."""
+
+    request_id: int
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    text: TextStream | None
+    generated: int = 0
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of request `index` in a batch seeded `seed` (hashed: batches seeded s and s + 1 do not share
+    samples, as `seed + index` would)."""
+    return int(mix64(mix64(torch.tensor(seed)) + index))
+
+
+class Engine:
+    """Continuous-batching generation on one model (see the module docstring). Not thread-safe: one thread
+    calls add_request / abort / step (the server runs it in a worker thread)."""
+
+    def __init__(self, model: nn.Module, config: EngineConfig | None = None, tokenizer: Tokenizer | None = None):
+        self.config = config = config or EngineConfig()
+        self.model, self.tokenizer = model.eval(), tokenizer
+        param = next(model.parameters())
+        self.device = param.device
+        self.max_len = config.max_len or model.config.context_length
+        if self.max_len > model.config.context_length:
+            raise ValueError(f"max_len {self.max_len} exceeds the model's context length {model.config.context_length}")
+        slots, self.vocab_size = config.max_slots, model.config.vocab_size
+        self.cache = KVCache(model.config, slots, self.max_len, device=self.device, dtype=param.dtype)
+        # Per-slot decode state, on the device: the token to feed next and its position, the tokens seen so far
+        # (repetition penalty), and the request's sampling settings as (slots, 1) columns.
+        device, wide = self.device, compute_dtype(param.dtype)
+        self.ids = torch.zeros(slots, dtype=torch.long, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        self.seen = torch.zeros(slots, self.vocab_size, dtype=torch.bool, device=device)
+        self.temperature = torch.ones(slots, 1, dtype=wide, device=device)
+        self.top_k = torch.full((slots, 1), self.vocab_size, dtype=torch.long, device=device)
+        self.top_p = torch.ones(slots, 1, dtype=wide, device=device)
+        self.penalty = torch.ones(slots, 1, dtype=wide, device=device)
+        self.seeds = torch.zeros(slots, dtype=torch.long, device=device)
+        # a burst's results: token, model log-prob, sampling log-prob per slot and step
+        self.out_tokens = torch.zeros(slots, config.sync_every, dtype=torch.long, device=device)
+        self.out_logprobs = torch.zeros(slots, config.sync_every, 2, dtype=wide, device=device)
+        self.slots: list[_Sequence | None] = [None] * slots
+        self.waiting: deque[_Sequence] = deque()
+        self._next_id = 0
+        self._decode = self._decode_step
+        if config.compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        if self.device.type != "cuda":
+            log.info("compile: CUDA graphs need a CUDA device; decoding eagerly on %s", self.device)
+            return
+        # reduce-overhead records CUDA graphs; the tensors the step mutates must keep their addresses
+        for t in (self.cache.k, self.cache.v, self.ids, self.positions, self.seen, self.temperature, self.top_k,
+                  self.top_p, self.penalty, self.seeds):
+            torch._dynamo.mark_static_address(t)
+        # dynamic=False: one graph per (batch bucket, sampling features) combination, never a dynamic-shape graph
+        self._decode = torch.compile(self._decode_step, mode="reduce-overhead", dynamic=False)
+
+    # -- requests -----------------------------------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.num_running > 0
+
+    def add_request(self, prompt: list[int], params: SamplingParams | None = None) -> int:
+        """Queue a request; returns its id. ValueError when it cannot run (empty, unknown token ids, too long)."""
+        params = params or SamplingParams()
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if len(prompt) + params.max_tokens > self.max_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"engine's {self.max_len} positions per sequence")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need an engine with a tokenizer")
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()))
+        text = TextStream(self.tokenizer.decode_bytes, params.stop) if self.tokenizer is not None else None
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        self.waiting.append(_Sequence(request_id, list(prompt), params, seed, text))
+        return request_id
+
+    def abort(self, request_id: int) -> bool:
+        """Drop a waiting or running request (its slot is free at once); False when it is not here."""
+        for seq in self.waiting:
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                return True
+        for i, seq in enumerate(self.slots):
+            if seq is not None and seq.request_id == request_id:
+                self.slots[i] = None
+                return True
+        return False
+
+    def stream(self, prompt: list[int], params: SamplingParams | None = None) -> Iterator[StepOutput]:
+        """Add one request and step until it ends, yielding its outputs (anything else queued advances too, its
+        outputs are dropped: for one conversation at a time). Closing the iterator early, or an exception such as
+        KeyboardInterrupt inside it, aborts the request."""
+        request_id, finished = self.add_request(prompt, params), False
+        try:
+            while not finished:
+                for out in self.step():
+                    if out.request_id == request_id:
+                        finished = out.finished
+                        yield out
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+                 ) -> list[Completion]:
+        """Run these prompts to the end (with whatever else is queued) and return their completions in order."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling settings")
+        ids: list[int] = []
+        try:
+            for prompt, sp in zip(prompts, params_list):
+                ids.append(self.add_request(prompt, sp))
+        except ValueError:  # all or nothing: a bad prompt must not leave the earlier ones queued
+            for request_id in ids:
+                self.abort(request_id)
+            raise
+        done = {i: Completion(i, list(p)) for i, p in zip(ids, prompts)}
+        remaining = set(ids)
+        while remaining:
+            for out in self.step():
+                if out.request_id in done:
+                    done[out.request_id].add(out)
+                    if out.finished:
+                        remaining.discard(out.request_id)
+        return [done[i] for i in ids]
+
+    # -- the step -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self) -> list[StepOutput]:
+        """Admit, decode one burst, hand out its tokens (see the module docstring). [] when idle."""
+        self._admit()  # 1)
+        active = [i for i, seq in enumerate(self.slots) if seq is not None]
+        if not active:
+            return []
+        rows = min(self.config.max_slots, 1 << max(active).bit_length())  # power-of-two prefix of the slots
+        seqs = [self.slots[i] for i in active]
+        steps = min(self.config.sync_every, *(s.params.max_tokens - s.generated for s in seqs))
+        features = (any(s.params.top_k is not None or s.params.top_p is not None for s in seqs),  # filtered
+                    any(s.params.temperature > 0 for s in seqs),  # sampled
+                    any(s.params.repetition_penalty != 1 for s in seqs))  # penalized
+        for t in range(steps):  # 2) no host sync in here
+            tokens, model_logprob, sampling_logprob = self._decode(rows, *features)
+            self.out_tokens[:rows, t] = tokens
+            self.out_logprobs[:rows, t, 0] = model_logprob
+            self.out_logprobs[:rows, t, 1] = sampling_logprob
+        tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the one read-back of the burst
+        logprobs = self.out_logprobs[:rows, :steps].tolist()
+        return [self._hand_out(i, tokens[i], logprobs[i]) for i in active]
+
+    def _decode_step(self, rows: int, filtered: bool, sampled: bool, penalized: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Feed each of the first `rows` slots its next token, sample the following one, advance (the flags: see
+        `sample_batch`). Free slots in the prefix decode junk into their own (unused) cache rows; positions are
+        clamped inside the cache."""
+        ids, positions = self.ids[:rows], self.positions[:rows]
+        logits = self.model(ids[:, None], positions[:, None], kv_cache=self.cache)[:, -1]  # (rows, vocab)
+        logits = logits.to(compute_dtype(logits.dtype))
+        tokens, model_logprob, sampling_logprob = sample_batch(
+            logits, self.seen[:rows], self.temperature[:rows], self.top_k[:rows], self.top_p[:rows],
+            self.penalty[:rows], self.seeds[:rows], positions + 1, filtered=filtered, sampled=sampled,
+            penalized=penalized)
+        self.seen[:rows].scatter_(1, tokens[:, None], True)
+        ids.copy_(tokens)
+        positions.copy_((positions + 1).clamp(max=self.max_len - 1))
+        return tokens, model_logprob, sampling_logprob
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots (lowest first: the decode batch stays a short prefix)."""
+        while self.waiting and None in self.slots:
+            slot, seq = self.slots.index(None), self.waiting.popleft()
+            prompt = torch.tensor(seq.prompt, device=self.device)
+            view = self.cache.slot(slot)
+            n, chunk = len(seq.prompt) - 1, self.config.prefill_chunk
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                self.model(prompt[None, start:stop], torch.arange(start, stop, device=self.device), kv_cache=view)
+            p = seq.params
+            self.ids[slot], self.positions[slot] = prompt[-1], n
+            self.seen[slot] = False
+            self.seen[slot, prompt] = True
+            self.temperature[slot], self.penalty[slot] = p.temperature, p.repetition_penalty
+            self.top_k[slot] = p.top_k if p.top_k is not None else self.vocab_size
+            self.top_p[slot] = p.top_p if p.top_p is not None else 1.0
+            self.seeds[slot] = seq.seed
+            self.slots[slot] = seq
+
+    def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]]) -> StepOutput:
+        """Give a slot's burst to its sequence up to where it ends; free the slot if it ended."""
+        seq = self.slots[slot]
+        out = StepOutput(seq.request_id, [], [], [], "")
+        for token, (model_logprob, sampling_logprob) in zip(tokens, logprobs):
+            seq.generated += 1
+            out.token_ids.append(token)
+            out.logprobs.append(model_logprob)
+            out.sampling_logprobs.append(sampling_logprob)
+            if token in seq.params.stop_token_ids or (seq.text is not None and seq.text.push(token)):
+                out.finish_reason = "stop"
+            elif seq.generated == seq.params.max_tokens:
+                out.finish_reason = "length"
+            if out.finished:
+                break
+        if seq.text is not None:
+            if out.finished:
+                seq.text.finish()  # flushes a split character unless a stop string cut the text
+            out.text = seq.text.pop(final=out.finished)
+        if out.finished:
+            self.slots[slot] = None
+        return out

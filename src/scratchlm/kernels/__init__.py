@@ -1,0 +1,46 @@
+"""Triton kernels for the model's hot spots, each beside a pure-PyTorch twin:
+
+    scratchlm.kernels.rmsnorm          RMSNorm forward + backward (`rms_norm`), reference `rms_norm_reference`
+    scratchlm.kernels.flash_attention  FlashAttention-2 forward + backward (`flash_attention`), registered as the
+                                       model's "flash" attention backend
+    scratchlm.kernels.flash_reference  the same FlashAttention-2 algorithm, tiled, in PyTorch (CPU-runnable)
+
+Importing this package does not import Triton; the kernel modules do. Kernels run on CUDA tensors, or on CPU
+tensors when TRITON_INTERPRET=1 was set before the kernel module was imported (Triton reads it when it
+decorates a kernel): that is how the tests run them without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`torch.empty` for every buffer a kernel fills. The tests replace it with a NaN-filled allocation, so an
+    element a kernel forgets to write shows up as NaN instead of passing with whatever memory held."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def check_device(interpreted: bool, *tensors: Tensor) -> None:
+    """All tensors on one device, and a device Triton can run on: CUDA, or the CPU under the interpreter."""
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):
+        raise ValueError(f"all inputs must be on one device, got {[str(t.device) for t in tensors]}")
+    if device.type != "cuda" and not (interpreted and device.type == "cpu"):
+        raise ValueError(f"Triton kernels need CUDA tensors (got {device}); on CPU set TRITON_INTERPRET=1 "
+                         "before scratchlm.kernels modules are imported (tests only: it is slow)")
+
+
+def check_dtype(what: str, dtype: torch.dtype) -> None:
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{what} must be float16, bfloat16 or float32, got {dtype}")
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 4 for the interpreter (any small number of programs works)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
