@@ -77,10 +77,10 @@ def test_chat_repl(tiny_run, monkeypatch, capsys):
     monkeypatch.setattr(Engine, "step", step)
     real_format = format_chat
 
-    def spy(messages):  # interrupt the reply to "Stop me"
+    def spy(messages, tokenizer=None):  # interrupt the reply to "Stop me"
         if messages[-1]["content"] == "Stop me":
             steps["interrupt"] = True
-        return real_format(messages)
+        return real_format(messages, tokenizer)
 
     monkeypatch.setattr("scratchlm.cli.chat.format_chat", spy)
     assert main(["chat", "--checkpoint", str(run), "--temperature", "0", "--max-tokens", "12", "--device", "cpu"]) == 0

@@ -79,7 +79,7 @@ def fit(history: list[dict], tokenizer, max_len: int, max_tokens: int, keep: int
     message alone does not fit."""
     room = min(max_tokens, max_len // 2)
     while True:
-        text, stop = format_chat(history)
+        text, stop = format_chat(history, tokenizer)
         prompt = tokenizer.encode(text)
         if len(prompt) + room <= max_len:
             return prompt, stop, history

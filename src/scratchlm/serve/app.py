@@ -107,7 +107,7 @@ def create_app(worker: EngineWorker, tokenizer: Tokenizer, config: ServeConfig) 
     async def chat_completions(body: ChatRequest) -> Any:
         service.check_model(body.model)
         try:
-            text, stop = format_chat([m.model_dump() for m in body.messages])
+            text, stop = format_chat([m.model_dump() for m in body.messages], service.tokenizer)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         prompt = service.encode(text, "messages")
