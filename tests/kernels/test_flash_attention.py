@@ -157,3 +157,24 @@ def test_flash_attention_gpu_matches_sdpa_and_compiles():
     loss = compiled(q, k, v)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("index", range(5))
+def test_every_candidate_tile(monkeypatch, d, index):
+    """Tuning only ever runs the tile it finds fastest for a shape: pin each candidate in turn (sequence lengths
+    off the tile grid, GQA, causal with S > T) so a masking bug in any of them fails here."""
+    monkeypatch.setattr(fa, "PIN", index)
+    for kernel in (fa._attn_fwd_kernel, fa._attn_bwd_dkdv_kernel, fa._attn_bwd_dq_kernel):
+        monkeypatch.setattr(kernel, "cache", {})  # forget the tile chosen for earlier keys
+    check_fwd_bwd(lambda q, k, v: flash_attention(q, k, v, True), lambda q, k, v: float64_attention(q, k, v, True),
+                  qkv(1, 4, 2, 333, 517, d, torch.bfloat16), **TOLERANCES[torch.bfloat16])
+
+
+def test_pinned_candidates_pick_one_tile_per_launch(monkeypatch):
+    fwd = fa.FWD_TILES
+    assert fa.candidates(fwd, (1, 1, 1, 1), 64, torch.bfloat16) == (fwd[64] if fa.PIN is None else [fwd[64][fa.PIN]])
+    monkeypatch.setattr(fa, "PIN", 7)
+    assert fa.candidates(fwd, (1, 1, 1, 1), 128, torch.bfloat16) == [fwd[128][7 % len(fwd[128])]]
+    assert fa.candidates(fwd, (1, 1, 1, 1), 128, torch.float32) == [(1, 1, 1, 1)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import triton
@@ -46,6 +47,19 @@ LOG2E = 1.4426950408889634  # log2(e); the kernels spell it (and ln 2) as litera
 
 Tile = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 
+# Tuning every new (T, S, head dim, causal) compiles and times all candidates: seconds per shape. With
+# SCRATCHLM_AUTOTUNE=0 (the GPU tests) each kernel takes candidate PIN of its list instead, untimed; the tests
+# set PIN to every index in turn, so each candidate is checked for correctness, not only the ones tuning picks.
+PIN: int | None = 0 if os.environ.get("SCRATCHLM_AUTOTUNE") == "0" else None
+
+
+def candidates(by_head_dim: dict[int, list[Tile]], float32: Tile, head_dim: int, dtype: torch.dtype) -> list[Tile]:
+    """The tiles to tune over for one launch: float32's one tile, else the head dim's list (or its PIN-th)."""
+    if dtype == torch.float32:
+        return [float32]
+    tiles = by_head_dim[head_dim]
+    return tiles if PIN is None else [tiles[PIN % len(tiles)]]
+
 
 def _autotune(by_head_dim: dict[int, list[Tile]], float32: Tile, interpreted: tuple[int, int], key: list[str]):
     """@triton.autotune over the Hopper candidates for the launch's head dim; float32 inputs (tests only) get one
@@ -58,7 +72,7 @@ def _autotune(by_head_dim: dict[int, list[Tile]], float32: Tile, interpreted: tu
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
     def for_head_dim(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-        wanted = [float32] if named_args["Q"].dtype == torch.float32 else by_head_dim[kwargs["HEAD_DIM"]]
+        wanted = candidates(by_head_dim, float32, kwargs["HEAD_DIM"], named_args["Q"].dtype)
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": for_head_dim}, cache_results=True)
