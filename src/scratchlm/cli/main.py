@@ -19,7 +19,7 @@ import scratchlm
 # Stage name -> one line for `scratchlm --help`, in pipeline order. A stage whose module does not exist
 # yet is left out, so stages can land one at a time.
 STAGES: dict[str, str] = {
-    "data": "where data lives; download public corpora",
+    "data": "web-crawl pipelines to clean, deduplicated, tokenized text; where data lives; downloads",
     "tokenizer": "train, encode with and inspect byte-level BPE tokenizers",
     "train": "train a Transformer language model on token files",
     "generate": "sample text from a checkpoint",
