@@ -41,7 +41,7 @@ def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path, monke
 def test_speedrun_small(data_path, tmp_path, capsys):
     corpus = "tokenizer/address.txt"
     data_path(corpus)
-    argv = ["speedrun", "--out", str(tmp_path / "run"), "--corpus", corpus, "--set", "tokenizer.vocab_size=300",
+    argv = ["speedrun", "--out", str(tmp_path / "run"), "--corpus", corpus, "--stages", "pretrain", "--set", "tokenizer.vocab_size=300",
             "--no-tokenizer.progress", "--train.steps=4", "--train.batch_size=2", "--train.model.context_length=16",
             "--train.sample_tokens=4", "--train.eval_batches=2"]
     assert main(argv) == 0

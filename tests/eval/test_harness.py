@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from scratchlm.cli.main import main
 from scratchlm.config import ConfigError
@@ -44,6 +45,10 @@ def test_run_eval_writes_report_generations_and_reuses_finished_tasks(tmp_path, 
     changed = EvalConfig(checkpoint="tiny", tasks="gsm8k", max_new_tokens=4, batch_size=2, **local_data)
     with pytest.raises(pytest.fail.Exception):  # other settings: not reused
         run_eval(changed, model, tok, tmp_path / "out")
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    with pytest.raises(pytest.fail.Exception):  # other weights (retrained into the same --out): not reused
+        run_eval(cfg, model, tok, tmp_path / "out", step=7)
 
 
 def test_instruction_safety_and_mmlu_tasks_on_shared_data(tmp_path, data_path):

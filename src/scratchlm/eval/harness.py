@@ -6,6 +6,7 @@ with the same settings reuses it, so an interrupted evaluation continues where i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -76,9 +77,17 @@ class EvalConfig:
                                   batch_size=self.batch_size, seed=self.seed)
 
 
-def _task_settings(cfg: EvalConfig, task: str, prompt_style: str) -> dict[str, Any]:
-    """What a task's result depends on (besides the checkpoint): a cached result with other settings is redone."""
-    shared = {"limit": cfg.limit, "dtype": cfg.dtype, "prompt_style": prompt_style}
+@torch.no_grad()
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the model's weights (float64 sum and sum of squares of every parameter, in order): a
+    cached result of other weights (the same --out after retraining) is redone, without hashing every byte."""
+    moments = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()])
+    return hashlib.sha256(moments.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _task_settings(cfg: EvalConfig, task: str, prompt_style: str, weights: str) -> dict[str, Any]:
+    """What a task's result depends on: a cached result with other settings or other weights is redone."""
+    shared = {"weights": weights, "limit": cfg.limit, "dtype": cfg.dtype, "prompt_style": prompt_style}
     per_task = {"perplexity": {"text": cfg.perplexity_text},
                 "mmlu": {"shots": cfg.shots, "split": cfg.mmlu_split, "scoring": cfg.mmlu_scoring},
                 "gsm8k": {"shots": cfg.shots, "data": cfg.gsm8k_data, **to_dict(cfg.generation())},
@@ -130,8 +139,9 @@ def run_eval(cfg: EvalConfig, model: torch.nn.Module, tokenizer: Tokenizer, out:
                               "config": to_dict(cfg), "tasks": {}, "generations": {}}
     t0 = time.perf_counter()
     model.eval()
+    weights = weights_fingerprint(model)
     for task in cfg.task_list:
-        settings = _task_settings(cfg, task, style)
+        settings = _task_settings(cfg, task, style, weights)
         cached = out / "tasks" / f"{task}.json"
         if cached.is_file() and (previous := json.loads(cached.read_text()))["settings"] == settings:
             log.info("%s: reusing %s", task, cached)
