@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 
+from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.config import from_dict, load_config_file  # noqa: E402
 from scratchlm.data.executors import LocalExecutor  # noqa: E402
 from scratchlm.data.extract import decode_html, html_to_text  # noqa: E402
@@ -192,9 +193,8 @@ def main() -> int:
         report["minhash"] = dedup.run(texts, MinHashConfig(), args.repeats, 1)
     report["end_to_end"] = end_to_end(root, Path(args.workdir))
     report["load_average_after"] = os.getloadavg()[0]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "data.md").write_text(markdown(report))
+    write_text_atomic(RESULTS / "data.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(RESULTS / "data.md", markdown(report))
     print(markdown(report))
     return 0
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "benchmarks" / "results"
 
+from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.data.document import Document  # noqa: E402
 from scratchlm.data.minhash import (  # noqa: E402
     LSHBuckets,
@@ -298,9 +299,8 @@ def main() -> int:
     report["repeats"] = args.repeats
     report["machine"] = f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
     report["command"] = "python benchmarks/dedup.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dedup.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "dedup.md").write_text(markdown(report))
+    write_text_atomic(RESULTS / "dedup.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(RESULTS / "dedup.md", markdown(report))
     print(markdown(report))
     return 0
 

@@ -10,7 +10,6 @@ metrics are their margin and how often the chosen reply wins (ties count half).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from scratchlm.alignment.chat import encode_example
 from scratchlm.alignment.data import PreferencePair, load_hh_pairs, split_holdout
 from scratchlm.alignment.finetune import FinetuneConfig, Finetuner, load_chat_model
 from scratchlm.alignment.sft import epoch_rows
-from scratchlm.atomic import atomic_path, write_text_atomic
+from scratchlm.atomic import atomic_path
 from scratchlm.config import ConfigError
 from scratchlm.eval.logprobs import pad_batch, response_logprobs
 from scratchlm.tokenizer import Tokenizer
@@ -188,10 +187,7 @@ class DPO:
                     ft.save()
         finally:
             ft.close()
-        summary = {"steps": ft.step, "seconds": time.perf_counter() - t0, "data": self.data_stats,
-                   "val_start": first, "val": val}
-        write_text_atomic(ft.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
+        return ft.write_summary(time.perf_counter() - t0, data=self.data_stats, val_start=first, val=val)
 
 
 def _win_rate(margin: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ any other.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from scratchlm.alignment.chat import prepare_chat_model
+from scratchlm.atomic import write_text_atomic
 from scratchlm.config import ConfigError, to_dict, write_run_info
 from scratchlm.eval.logprobs import autocast_context
 from scratchlm.model import TransformerLM
@@ -129,3 +131,9 @@ class Finetuner:
 
     def close(self) -> None:
         self.metrics.close()
+
+    def write_summary(self, seconds: float, **fields: Any) -> dict[str, Any]:
+        """summary.json of the finished run (steps, wall seconds and the stage's own fields), returned too."""
+        summary = {"steps": self.step, "seconds": seconds, **fields}
+        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary

@@ -10,7 +10,6 @@ Held-out accuracy (greedy, one response per problem) is measured at the start an
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +31,6 @@ from scratchlm.alignment.grpo import (
 )
 from scratchlm.alignment.rewards import ArithmeticTask, Problem, answer_reward, format_reward, gsm8k_problems
 from scratchlm.alignment.rollout import Rollouts, rollout
-from scratchlm.atomic import write_text_atomic
 from scratchlm.config import ConfigError
 from scratchlm.eval.datasets import GSM8K_TEST, GSM8K_TRAIN, read_jsonl
 from scratchlm.eval.logprobs import response_logprobs
@@ -184,9 +182,7 @@ class GRPO:
                     ft.save()
         finally:
             ft.close()
-        summary = {"steps": ft.step, "seconds": time.perf_counter() - t0, "val_start": first, "val": val, "curve": curve}
-        write_text_atomic(ft.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
+        return ft.write_summary(time.perf_counter() - t0, val_start=first, val=val, curve=curve)
 
 
 def grpo(cfg: GRPOConfig, resume: bool = False, report: Callable[[str], None] = print) -> dict[str, Any]:

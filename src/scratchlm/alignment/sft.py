@@ -9,7 +9,6 @@ mean is weighted equally, as in pretraining.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,6 @@ import torch
 from scratchlm.alignment.chat import encode_example
 from scratchlm.alignment.data import Packed, load_sft_pairs, pack_examples, split_holdout
 from scratchlm.alignment.finetune import FinetuneConfig, Finetuner
-from scratchlm.atomic import write_text_atomic
 from scratchlm.config import ConfigError
 from scratchlm.optim import cross_entropy, perplexity
 
@@ -142,10 +140,7 @@ class SFT:
                     ft.save()
         finally:
             ft.close()
-        summary = {"steps": ft.step, "seconds": time.perf_counter() - t0, "data": self.data_stats,
-                   "val_start": first_val, "val": val}
-        write_text_atomic(ft.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
+        return ft.write_summary(time.perf_counter() - t0, data=self.data_stats, val_start=first_val, val=val)
 
 
 def sft(cfg: SFTConfig, resume: bool = False, report: Callable[[str], None] = print) -> dict[str, Any]:

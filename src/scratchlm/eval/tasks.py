@@ -64,19 +64,31 @@ def gsm8k_prompt(question: str, shots: list[dict]) -> str:
     return f"{solved}Question: {question}\nAnswer:"
 
 
+def _answer_task(model: torch.nn.Module, tokenizer: Tokenizer, examples: list[dict], key: str,
+                 prompts: list[str], n_shots: int, settings: GenerationSettings, progress: bool,
+                 score: Callable[[dict, str], dict]) -> tuple[dict, list[dict]]:
+    """Generate one answer per prompt, cut the base model's next few-shot item, and score it: `score(example,
+    output)` gives the record's reference, prediction and correct fields."""
+    completions = _generate(model, tokenizer, prompts, settings, progress)
+    records = []
+    for example, completion in zip(examples, completions, strict=True):
+        output = cut_continuation(completion.text)
+        records.append({key: example[key], "output": output, **score(example, output)})
+    return _accuracy(records, shots=n_shots), records
+
+
+def _score_gsm8k(example: dict, output: str) -> dict:
+    reference, prediction = gsm8k_reference(example["answer"]), extract_number_answer(output)
+    return {"reference": format_number(reference), "prediction": format_number(prediction),
+            "correct": prediction == reference}
+
+
 @torch.no_grad()
 def evaluate_gsm8k(model: torch.nn.Module, tokenizer: Tokenizer, examples: list[dict], shots: list[dict],
                    settings: GenerationSettings, format_prompt: PromptFormat = None,
                    progress: bool = False) -> tuple[dict, list[dict]]:
     prompts = [_prompt(format_prompt, e["question"], gsm8k_prompt(e["question"], shots), len(shots)) for e in examples]
-    completions = _generate(model, tokenizer, prompts, settings, progress)
-    records = []
-    for example, completion in zip(examples, completions, strict=True):
-        output = cut_continuation(completion.text)
-        reference, prediction = gsm8k_reference(example["answer"]), extract_number_answer(output)
-        records.append({"question": example["question"], "reference": format_number(reference), "output": output,
-                        "prediction": format_number(prediction), "correct": prediction == reference})
-    return _accuracy(records, shots=len(shots)), records
+    return _answer_task(model, tokenizer, examples, "question", prompts, len(shots), settings, progress, _score_gsm8k)
 
 
 def math_prompt(problem: str, shots: list[dict]) -> str:
@@ -92,19 +104,17 @@ def math_reference(example: dict) -> str:
     return answer
 
 
+def _score_math(example: dict, output: str) -> dict:
+    reference, prediction = math_reference(example), extract_math_answer(output)
+    return {"reference": reference, "prediction": prediction, "correct": math_equal(prediction, reference)}
+
+
 @torch.no_grad()
 def evaluate_math(model: torch.nn.Module, tokenizer: Tokenizer, examples: list[dict], shots: list[dict],
                   settings: GenerationSettings, format_prompt: PromptFormat = None,
                   progress: bool = False) -> tuple[dict, list[dict]]:
     prompts = [_prompt(format_prompt, e["problem"], math_prompt(e["problem"], shots), len(shots)) for e in examples]
-    completions = _generate(model, tokenizer, prompts, settings, progress)
-    records = []
-    for example, completion in zip(examples, completions, strict=True):
-        output = cut_continuation(completion.text)
-        reference, prediction = math_reference(example), extract_math_answer(output)
-        records.append({"problem": example["problem"], "reference": reference, "output": output,
-                        "prediction": prediction, "correct": math_equal(prediction, reference)})
-    return _accuracy(records, shots=len(shots)), records
+    return _answer_task(model, tokenizer, examples, "problem", prompts, len(shots), settings, progress, _score_math)
 
 
 def _accuracy(records: list[dict], **extra) -> dict:
