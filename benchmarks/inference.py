@@ -1,17 +1,18 @@
 """Inference speed: our engine vs Hugging Face `generate` on the same weights, against the bandwidth bound.
 
-    python benchmarks/inference.py                                   # GPU: gpt2-small-124m and gpt-350m
+    python benchmarks/inference.py                                   # GPU: gpt2-small-124m, gpt-350m, gpt-1.3b
     python benchmarks/inference.py --quick                           # CPU smoke test on cpu-tiny (seconds)
     python benchmarks/inference.py --presets gpt2-small-124m --batches 1,8 --no-hf
-    python benchmarks/inference.py --target-checkpoint runs/big --draft-checkpoint runs/small   # real acceptance
+    bash benchmarks/inference_trained.sh OUT     # trained target + draft on Gutenberg: real acceptance
 
 For each preset (configs/train/<name>.toml's model shape, random weights: speed does not depend on their
 values, but speculative acceptance does, see below), in one process, same weights for both sides:
 - copy bandwidth: a large device-to-device copy, (read + written bytes) / time;
 - decode at batch 1: tokens/s after the first token, vs the memory-bandwidth bound = copy bandwidth /
-  (weight bytes + the KV bytes a token must read at the mean context), eager and (CUDA) CUDA-graph compiled;
+  (weight bytes + the KV bytes a token must read at the mean context): eager, and on CUDA with CUDA graphs
+  and compiled + CUDA graphs;
 - end-to-end generation at batch 1, 8, 32, 128 (prompt --prompt-len random tokens, --new-tokens greedy
-  tokens each, prefill included): ours (`Engine`, one slot per sequence) vs `LlamaForCausalLM.generate`
+  tokens each, prefill included): ours (`Engine` in --batch-mode, one slot per sequence) vs `LlamaForCausalLM.generate`
   from our weights (scratchlm.export's mapping), tokens generated per second and the ratio;
 - prefill tokens/s (one --prefill-len sequence) and time to first token (prompt --prompt-len, 1 new token);
 - speculative decoding at batch 1 (`speculative_generate`, a --draft-layers x --draft-d-model draft) for each
@@ -19,7 +20,8 @@ values, but speculative acceptance does, see below), in one process, same weight
   chance agreement between unrelated models; give trained checkpoints for meaningful numbers.
 
 Timings: median of --repeats runs after a warm-up run (compilation and CUDA-graph capture stay outside), CUDA
-synchronised around each run. Writes benchmarks/results/inference.{json,md} (--quick: inference_quick.*).
+synchronised around each run. Writes benchmarks/results/inference.{json,md} (--quick: inference_quick.*,
+trained checkpoints: inference_trained.*; or --results-name).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.config import build_config  # noqa: E402
 from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
 from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
@@ -46,6 +49,7 @@ from scratchlm.inference.loading import DTYPES  # noqa: E402
 from scratchlm.inference.speculative import speculative_generate  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
+from scratchlm.tokenizer import Tokenizer  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
 from scratchlm.train.checkpoint import load_trained_model  # noqa: E402
 
@@ -79,27 +83,29 @@ def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
 
 # -- ours -------------------------------------------------------------------------------------------------
 
+MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(), "compiled": dict(compile=True)}  # EngineConfig
+
+
 class Ours:
-    """One engine per (batch size, compiled): every run of a shape reuses its cache and its CUDA graphs."""
+    """One engine per (batch size, mode): every run of a shape reuses its cache and its CUDA graphs."""
 
     def __init__(self, model: TransformerLM, max_len: int):
         self.model, self.max_len, self.engines = model, max_len, {}
 
-    def generate(self, prompts: list[list[int]], new_tokens: int, compile_: bool,
+    def generate(self, prompts: list[list[int]], new_tokens: int, mode: str,
                  temperature: float = 0.0) -> Callable[[], object]:
         """Generation of `new_tokens` per prompt (prefill included; greedy by default), one slot per prompt."""
-        key = (len(prompts), compile_)
+        key = (len(prompts), mode)
         if key not in self.engines:
-            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, compile=compile_)
+            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, **MODES[mode])
             self.engines[key] = Engine(self.model, config)
         engine, params = self.engines[key], SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=0)
         return lambda: engine.generate(prompts, params)
 
-    def decode_rate(self, prompt: list[int], new_tokens: int, device: torch.device, repeats: int,
-                    compile_: bool) -> dict:
+    def decode_rate(self, prompt: list[int], new_tokens: int, device: torch.device, repeats: int, mode: str) -> dict:
         """Batch-1 decode tokens/s after the first token: (n - 1) / (time(n tokens) - time(1 token))."""
-        full = timed(self.generate([prompt], new_tokens, compile_), device, repeats)
-        first = timed(self.generate([prompt], 1, compile_), device, repeats)
+        full = timed(self.generate([prompt], new_tokens, mode), device, repeats)
+        first = timed(self.generate([prompt], 1, mode), device, repeats)
         return {"tokens_per_second": (new_tokens - 1) / (full - first), "ttft_s": first, "total_s": full}
 
 
@@ -144,27 +150,45 @@ def bytes_per_token(model: TransformerLM, context: float) -> float:
     return model.num_params() * size + kv
 
 
+def text_tokens(args: argparse.Namespace) -> torch.Tensor | None:
+    """--prompt-text encoded with --tokenizer (real text: what speculative acceptance needs), or None."""
+    if args.prompt_text is None:
+        return None
+    tokenizer = Tokenizer.load(args.tokenizer)
+    return torch.tensor(tokenizer.encode(args.prompt_text.read_text(encoding="utf-8", errors="replace")))
+
+
 def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: argparse.Namespace,
                  device: torch.device, dtype: torch.dtype, bandwidth: float) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
-    prompt = torch.randint(0, vocab, (args.prompt_len,), generator=gen).tolist()
+    text = text_tokens(args)
+
+    def prompts(batch: int, length: int) -> torch.Tensor:
+        """(batch, length): consecutive windows of --prompt-text, else random tokens."""
+        if text is None:
+            return torch.randint(0, vocab, (batch, length), generator=gen)
+        if batch * length > len(text):
+            raise SystemExit(f"--prompt-text holds {len(text)} tokens, fewer than {batch} x {length}")
+        return text[:batch * length].view(batch, length)
+
+    prompt = prompts(1, args.prompt_len)[0].tolist()
     result: dict = {"preset": name, "params": model.num_params(), "config": dataclasses.asdict(model.config)}
-    # 1) batch-1 decode vs the bandwidth bound, eager and compiled
+    # 1) batch-1 decode vs the bandwidth bound: eager, CUDA graphs, compiled + CUDA graphs
     bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
-    modes = [False] + ([True] if device.type == "cuda" and not args.no_compile else [])
+    modes = ["eager"] + (["graphs"] + ([] if args.no_compile else ["compiled"]) if device.type == "cuda" else [])
     ours = Ours(model, args.prompt_len + args.new_tokens)
     result["decode"] = {}
-    for compile_ in modes:
-        rate = ours.decode_rate(prompt, args.new_tokens, device, args.repeats, compile_)
+    for mode in modes:
+        rate = ours.decode_rate(prompt, args.new_tokens, device, args.repeats, mode)
         rate["fraction_of_bound"] = rate["tokens_per_second"] / bound
-        result["decode"]["compiled" if compile_ else "eager"] = rate
-        log(f"{name}: decode b=1 {'compiled' if compile_ else 'eager'} {rate['tokens_per_second']:,.0f} tok/s "
+        result["decode"][mode] = rate
+        log(f"{name}: decode b=1 {mode} {rate['tokens_per_second']:,.0f} tok/s "
             f"({rate['fraction_of_bound']:.0%} of the {bound:,.0f} tok/s bound), TTFT {rate['ttft_s'] * 1e3:.1f} ms")
     result["bound_tokens_per_second"] = bound
-    best_compile = len(modes) > 1
+    result["batch_mode"] = batch_mode = args.batch_mode if device.type == "cuda" else "eager"
     # 2) prefill and time to first token (ours; HF's beside it below)
-    long_prompt = torch.randint(0, vocab, (1, args.prefill_len), generator=gen).to(device)
+    long_prompt = prompts(1, args.prefill_len).to(device)
     result["prefill"] = {"ours": args.prefill_len / timed(ours_prefill(model, long_prompt), device, args.repeats)}
     hf = hf_model(model, dtype) if not args.no_hf else None
     if hf is not None:
@@ -175,12 +199,12 @@ def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: ar
     # 3) end-to-end generation at each batch size
     result["batches"] = []
     for batch in args.batches:
-        prompts = torch.randint(0, vocab, (batch, args.prompt_len), generator=gen)
+        batch_prompts = prompts(batch, args.prompt_len)
         row = {"batch": batch}
-        seconds = timed(ours.generate(prompts.tolist(), args.new_tokens, best_compile), device, args.repeats)
+        seconds = timed(ours.generate(batch_prompts.tolist(), args.new_tokens, batch_mode), device, args.repeats)
         row["ours_tokens_per_second"] = batch * args.new_tokens / seconds
         if hf is not None:
-            seconds = timed(hf_generate(hf, prompts.to(device), args.new_tokens), device, args.repeats)
+            seconds = timed(hf_generate(hf, batch_prompts.to(device), args.new_tokens), device, args.repeats)
             row["hf_tokens_per_second"] = batch * args.new_tokens / seconds
             row["speedup"] = row["ours_tokens_per_second"] / row["hf_tokens_per_second"]
         log(f"{name}: batch {batch}: ours {row['ours_tokens_per_second']:,.0f} tok/s"
@@ -192,36 +216,39 @@ def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: ar
 
 
 def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
-                      device: torch.device) -> dict:
-    """Against plain eager cached decoding at the same temperature (speculative_generate is eager too)."""
-    n, sampling = args.new_tokens, dict(temperature=args.temperature)
-    plain = timed(target.generate([prompt], n, False, args.temperature), device, args.repeats)
-    draft_plain = timed(draft.generate([prompt], n, False, args.temperature), device, args.repeats)
-    rows = []
-    for k in args.ks:
-        stats: list[dict] = []
+                      device: torch.device) -> list[dict]:
+    """Per temperature: against plain eager cached decoding (speculative_generate is eager too)."""
+    n, out = args.new_tokens, []
+    for temperature in args.temperatures:
+        plain = timed(target.generate([prompt], n, "eager", temperature), device, args.repeats)
+        draft_plain = timed(draft.generate([prompt], n, "eager", temperature), device, args.repeats)
+        rows = []
+        for k in args.ks:
+            stats: list[dict] = []
 
-        def run(k: int = k, stats: list[dict] = stats) -> None:
-            out, s = speculative_generate(target.model, draft.model, prompt, n, k=k, seed=len(stats), **sampling)
-            assert len(out) == n
-            stats.append(s)
+            def run(k: int = k, stats: list[dict] = stats, temperature: float = temperature) -> None:
+                tokens, s = speculative_generate(target.model, draft.model, prompt, n, k=k, seed=len(stats),
+                                                 temperature=temperature)
+                assert len(tokens) == n
+                stats.append(s)
 
-        seconds = timed(run, device, args.repeats)
-        accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
-        rows.append({"k": k, "tokens_per_second": n / seconds, "speedup": plain / seconds,
-                     "acceptance_rate": accepted / proposed if proposed else 0.0,
-                     "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
-        log(f"speculative k={k}: {plain / seconds:.2f}x, acceptance {rows[-1]['acceptance_rate']:.3f}")
-    return {"plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
-            "draft_params": draft.model.num_params(), "temperature": args.temperature, "rows": rows}
+            seconds = timed(run, device, args.repeats)
+            accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
+            rows.append({"k": k, "tokens_per_second": n / seconds, "speedup": plain / seconds,
+                         "acceptance_rate": accepted / proposed if proposed else 0.0,
+                         "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
+            log(f"speculative T={temperature} k={k}: {plain / seconds:.2f}x, acceptance {rows[-1]['acceptance_rate']:.3f}")
+        out.append({"plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
+                    "draft_params": draft.model.num_params(), "temperature": temperature, "rows": rows})
+    return out
 
 
 # -- report ---------------------------------------------------------------------------------------------
 
 def markdown(report: dict) -> str:
     lines = [f"# Inference ({report['device']}, {report['dtype']})", "",
-             f"Random weights ({'trained checkpoints' if not report['random_weights'] else 'speed does not depend on them'}); "
-             f"prompt {report['prompt_len']} tokens, {report['new_tokens']} new tokens (greedy), prefill "
+             ("Random weights (speed does not depend on them)" if report["random_weights"] else "Trained checkpoints")
+             + f"; prompts: {report['prompts']}; prompt {report['prompt_len']} tokens, {report['new_tokens']} new tokens (greedy), prefill "
              f"{report['prefill_len']} tokens; median of {report['repeats']} runs. Copy bandwidth "
              f"{report['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s.", ""]
     for r in report["presets"]:
@@ -235,18 +262,18 @@ def markdown(report: dict) -> str:
         prefill = r["prefill"]
         lines += ["", f"Prefill: ours {prefill['ours']:,.0f} tokens/s"
                   + (f", HF {prefill['hf']:,.0f} tokens/s ({prefill['ours'] / prefill['hf']:.2f}x)" if "hf" in prefill else "")
-                  + ".", "", "| batch | ours tokens/s | HF generate tokens/s | ours / HF |", "|---|---|---|---|"]
+                  + ".", "", f"| batch | ours ({r['batch_mode']}) tokens/s | HF generate tokens/s | ours / HF |", "|---|---|---|---|"]
         for b in r["batches"]:
             hf = f"{b['hf_tokens_per_second']:,.0f} | {b['speedup']:.2f}x" if "speedup" in b else "– | –"
             lines.append(f"| {b['batch']} | {b['ours_tokens_per_second']:,.0f} | {hf} |")
-        s = r["speculative"]
-        lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}: plain "
-                  f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
-                  f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
-                  "| k | tokens/s | speed-up | acceptance | tokens / target forward |", "|---|---|---|---|---|"]
-        for row in s["rows"]:
-            lines.append(f"| {row['k']} | {row['tokens_per_second']:,.0f} | {row['speedup']:.2f}x | "
-                         f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} |")
+        for s in r["speculative"]:
+            lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}, eager: plain "
+                      f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
+                      f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
+                      "| k | tokens/s | speed-up | acceptance | tokens / target forward |", "|---|---|---|---|---|"]
+            for row in s["rows"]:
+                lines.append(f"| {row['k']} | {row['tokens_per_second']:,.0f} | {row['speedup']:.2f}x | "
+                             f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} |")
         lines.append("")
     if report["random_weights"]:
         lines.append("Acceptance rates with random weights are chance agreement between unrelated models.")
@@ -259,10 +286,11 @@ def log(message: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:N")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on cuda, else float32")
-    parser.add_argument("--presets", default="gpt2-small-124m,gpt-350m", help="configs/train/<name> model shapes")
+    parser.add_argument("--presets", default="gpt2-small-124m,gpt-350m,gpt-1.3b", help="configs/train/<name> model shapes")
     parser.add_argument("--batches", type=ints, default=[1, 8, 32, 128])
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -273,15 +301,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--draft-heads", type=int, default=4)
     parser.add_argument("--target-checkpoint", type=Path, help="trained target (replaces --presets)")
     parser.add_argument("--draft-checkpoint", type=Path, help="trained draft on the same tokenizer")
-    parser.add_argument("--temperature", type=float, default=1.0, help="speculative sampling temperature")
+    parser.add_argument("--prompt-text", type=Path, help="prompts from this text file (default: random tokens)")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder for --prompt-text")
+    parser.add_argument("--temperatures", type=floats, default=[1.0], help="speculative sampling temperatures (0: greedy)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
-    parser.add_argument("--no-compile", action="store_true", help="skip the CUDA-graph decode")
+    parser.add_argument("--batch-mode", choices=list(MODES), default="graphs",
+                        help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode (minutes of compiling per batch size)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--results-name", help="results file stem (default: inference, inference_trained with "
+                                               "checkpoints, inference_quick with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="cpu-tiny, small sizes, 1 thread: a smoke test of the script, not a measurement")
     args = parser.parse_args()
+    if (args.prompt_text is None) != (args.tokenizer is None):
+        parser.error("--prompt-text and --tokenizer go together")
     if args.quick:
         args.presets, args.batches, args.prompt_len, args.new_tokens = "cpu-tiny", [1, 4], 16, 16
         args.prefill_len, args.ks, args.repeats, args.draft_d_model = 64, [2], 1, 64
@@ -329,12 +365,14 @@ def main() -> None:
                for name, target, draft in models(args, device, dtype)]
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
               "dtype": str(dtype).removeprefix("torch."), "random_weights": args.target_checkpoint is None,
+              "prompts": "random tokens" if args.prompt_text is None else f"windows of {args.prompt_text.name}",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
               "repeats": args.repeats, "bandwidth_bytes_per_s": bandwidth, "presets": presets, "run_info": run_info()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "inference_quick" if args.quick else "inference"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    stem = args.results_name or ("inference_quick" if args.quick else
+                                 "inference" if args.target_checkpoint is None else "inference_trained")
+    write_text_atomic(RESULTS / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(RESULTS / f"{stem}.md", markdown(report))
     print(markdown(report))
 
 

@@ -37,12 +37,16 @@ class LetterTokenizer:
 
 # -- greedy: the naive reference, token for token -----------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(n_kv_heads=1, qk_norm=True), dict(sliding_window=5),
-                                    dict(tie_embeddings=True, attention="sdpa")])
-def test_greedy_equals_full_recompute_with_slot_reuse(kwargs):
-    """5 requests through 2 slots (slots are reused), bursts of 3, prefill in chunks of 2."""
+@pytest.mark.parametrize("kwargs,slots,prefill_tokens", [
+    (dict(), 2, 16384), (dict(n_kv_heads=1, qk_norm=True), 2, 16384), (dict(sliding_window=5), 2, 16384),
+    (dict(tie_embeddings=True, attention="sdpa"), 2, 16384),
+    (dict(), 5, 16384),  # all five prompts prefilled in one padded batch
+    (dict(n_kv_heads=1), 5, 8)])  # ... and in groups of at most 8 padded tokens
+def test_greedy_equals_full_recompute_with_slot_reuse(kwargs, slots, prefill_tokens):
+    """5 requests of different lengths through `slots` slots (2: slots are reused), bursts of 3, prefill in
+    chunks of 2 positions over right-padded prompts."""
     model = make_model(**kwargs)
-    engine = Engine(model, EngineConfig(max_slots=2, sync_every=3, prefill_chunk=2))
+    engine = Engine(model, EngineConfig(max_slots=slots, sync_every=3, prefill_chunk=2, prefill_tokens=prefill_tokens))
     outs = engine.generate(PROMPTS, SamplingParams(max_tokens=12, temperature=0))
     for prompt, out in zip(PROMPTS, outs):
         assert out.token_ids == generate(model, prompt, 12, temperature=0)
@@ -250,8 +254,8 @@ def test_errors():
 
 
 def test_decode_step_traces_as_one_graph():
-    """What `compile=True` hands to torch.compile(mode="reduce-overhead") on CUDA must trace without graph
-    breaks (CUDA graphs need one graph); traced here with the eager backend, it gives the same tokens."""
+    """What `compile=True` hands to torch.compile on CUDA traces without graph breaks (one fused program per
+    step); traced here with the eager backend, it gives the same tokens."""
     model = make_model(n_layers=1)
     settings = [SamplingParams(max_tokens=6, temperature=0),
                 SamplingParams(max_tokens=6, temperature=0.8, top_k=5, repetition_penalty=1.2, seed=2)]
@@ -263,19 +267,19 @@ def test_decode_step_traces_as_one_graph():
 
 
 @pytest.mark.gpu
-def test_cuda_graph_decode_equals_eager():
-    """compile=True on CUDA: CUDA graphs are recorded (a skipped graph raises: cudagraph_or_error) and replayed,
-    and greedy and seeded sampled tokens equal the eager engine's (float64: no rounding-order ties)."""
-    from torch._dynamo.utils import counters
-
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_decode_equals_eager(compile):
+    """CUDA graphs (each burst shape run once, captured, then replayed), with and without compiling the step:
+    greedy and seeded sampled tokens and log-probs equal the eager engine's (float64: no rounding-order ties),
+    and graphs were replayed."""
     model = make_model().cuda()
     settings = [SamplingParams(max_tokens=10, temperature=0),
                 SamplingParams(max_tokens=10, temperature=0.9, top_p=0.9, repetition_penalty=1.2, seed=4)]
-    with torch._inductor.config.patch({"triton.cudagraph_or_error": True}):
-        for params in settings:
-            eager = Engine(model, EngineConfig(max_slots=2, sync_every=3)).generate(PROMPTS, params)
-            compiled = Engine(model, EngineConfig(max_slots=2, sync_every=3, compile=True)).generate(PROMPTS, params)
-            assert [o.token_ids for o in compiled] == [o.token_ids for o in eager]
-            torch.testing.assert_close(torch.tensor([o.logprobs for o in compiled]),
-                                       torch.tensor([o.logprobs for o in eager]), rtol=0, atol=1e-9)
-    assert counters["inductor"]["cudagraph_skips"] == 0
+    for params in settings:
+        eager = Engine(model, EngineConfig(max_slots=2, sync_every=3, cuda_graphs=False)).generate(PROMPTS * 2, params)
+        graphed = Engine(model, EngineConfig(max_slots=2, sync_every=3, compile=compile))
+        outs = graphed.generate(PROMPTS * 2, params)
+        assert [o.token_ids for o in outs] == [o.token_ids for o in eager]
+        torch.testing.assert_close(torch.tensor([o.logprobs for o in outs]),
+                                   torch.tensor([o.logprobs for o in eager]), rtol=0, atol=1e-9)
+        assert graphed._graphs  # captured, and replayed: PROMPTS * 2 repeats every burst shape

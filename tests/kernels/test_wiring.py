@@ -14,6 +14,7 @@ from tests.kernels.common import DEVICE, ON_GPU, leaf, require_triton
 require_triton()
 
 from scratchlm.kernels import flash_attention as fa  # noqa: E402
+from scratchlm.kernels.decode_attention import decode_attention  # noqa: E402
 from scratchlm.kernels.flash_attention import flash_attention, flash_attention_fn  # noqa: E402
 from scratchlm.kernels.rmsnorm import rms_norm  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM, get_attention, naive_attention, sdpa_attention  # noqa: E402
@@ -30,6 +31,14 @@ def test_flash_backend_runs_the_kernels():
     q, k, v = leaf(1, 4, 20, 64, dtype=torch.float32), leaf(1, 2, 20, 64, dtype=torch.float32), \
         leaf(1, 2, 20, 64, dtype=torch.float32)
     torch.testing.assert_close(flash_attention_fn(q, k, v), flash_attention(q, k, v), rtol=0, atol=0)
+
+
+def test_flash_backend_decodes_with_the_decode_kernel():
+    """One query per row with a position mask (a KV-cache decode step) runs decode_attention."""
+    q, k, v = leaf(3, 4, 1, 64, dtype=torch.float32), leaf(3, 2, 70, 64, dtype=torch.float32), \
+        leaf(3, 2, 70, 64, dtype=torch.float32)
+    mask = position_mask(torch.tensor([[3], [40], [69]], device=DEVICE), 70)
+    torch.testing.assert_close(flash_attention_fn(q, k, v, None, mask), decode_attention(q, k, v, mask), rtol=0, atol=0)
 
 
 def fallback_cases():
@@ -152,3 +161,17 @@ def test_lazy_backend_that_cannot_import(monkeypatch):
     with pytest.raises(ValueError, match=r"'flash' is not available \(No module named 'triton'\).*'naive' or 'sdpa'"):
         get_attention("flash", "cuda")
     assert get_attention("auto", "cuda") is sdpa_attention
+
+
+def test_engine_decodes_the_same_with_the_kernels():
+    """KV-cache generation (prefill falls back, decode steps run the decode kernel) with flash + Triton RMSNorm
+    gives the naive model's greedy tokens and log-probabilities."""
+    from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams
+
+    ours, baseline = twin_models()
+    prompts, params = [[1, 2, 3, 4, 5], [7], [9, 8, 7]], SamplingParams(max_tokens=6, temperature=0)
+    config = EngineConfig(max_slots=2, sync_every=3)
+    got, expected = (Engine(m, config).generate(prompts, params) for m in (ours, baseline))
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    torch.testing.assert_close(torch.tensor([o.logprobs for o in got]), torch.tensor([o.logprobs for o in expected]),
+                               rtol=1e-4, atol=1e-4)

@@ -100,7 +100,7 @@ def test_variants_and_validation():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--preset", "no-such-model"], "training presets: cpu-tiny, gpt-350m"),
+    (["--preset", "no-such-model"], "training presets: cpu-tiny, gpt-1.3b, gpt-350m"),
     (["--preset", "cpu-tiny", "--seq", "1000"], "exceeds the model's context_length 128"),
     (["--preset", "cpu-tiny", "--batch", "0"], "batch must be >= 1"),
     (["--preset", "cpu-tiny", "--dtype", "fp16"], "did you mean 'bf16'"),

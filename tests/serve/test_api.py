@@ -145,7 +145,7 @@ def test_full_queue_gets_503_and_memory_stays_fixed(make_app):
     app = make_app(max_batch=1, max_queue=1)
     gate = threading.Event()
     engine = app.state.worker.engine
-    step, cache = engine.step, engine.cache.k.data_ptr()
+    step, cache = engine.step, engine.cache.k[0].data_ptr()
     engine.step = lambda: gate.wait(10) and step()
     with running(app) as url:
         body = {"model": "tiny", "prompt": "The dog", "max_tokens": 5, "temperature": 0}
@@ -158,7 +158,7 @@ def test_full_queue_gets_503_and_memory_stays_fixed(make_app):
             assert refused.status_code == 503 and "capacity" in refused.json()["error"]["message"]
             gate.set()
             assert [f.result().status_code for f in pending] == [200, 200]
-    assert engine.cache.k.data_ptr() == cache  # the cache is the one allocated at start
+    assert engine.cache.k[0].data_ptr() == cache  # the cache is the one allocated at start
 
 
 def test_disconnect_frees_the_slot(make_app):

@@ -12,15 +12,16 @@ The cache row of a slot holds token position p at index p (see `KVCache`): a seq
 slot simply overwrites it from position 0, rows of different lengths decode in one batched forward (each at
 its own position), and every shape stays fixed (what CUDA graphs need).
 
-One `step`: 1) admit waiting requests into free slots: prefill all prompt tokens but the last into the slot's
-cache row; the last one is the slot's first decode input, so every token, the first included, is sampled in
-the same batched decode step; 2) decode a burst of up to `sync_every` steps on the device, each feeding every
-slot's previous token and sampling its next one (`sample_batch`), without reading anything back; 3) copy the
-burst's tokens and log-probabilities to the host once, and hand them to each sequence: a stop token, a stop
-string (found on the detokenised text, which only the host has: the reason for bursts rather than a device-
-side check) or max_tokens ends it and frees its slot. A burst never outlasts the shortest remaining
-max_tokens, so length-limited slots free exactly on time; tokens a slot decodes after a stop within a burst
-are discarded (at most sync_every - 1 steps of one slot).
+One `step`: 1) admit waiting requests into free slots: prefill all prompt tokens but the last into the slots'
+cache rows, many prompts per forward (right-padded to the longest of a group of similar lengths); the last
+one is the slot's first decode input, so every token, the first included, is sampled in the same batched
+decode step; 2) decode a burst of up to `sync_every` steps on the device, each feeding every slot's previous
+token and sampling its next one (`sample_batch`), without reading anything back (on CUDA the whole burst is
+one CUDA-graph replay); 3) copy the burst's tokens and log-probabilities to the host once, and hand them to
+each sequence: a stop token, a stop string (found on the detokenised text, which only the host has: the
+reason for bursts rather than a device-side check) or max_tokens ends it and frees its slot. A burst never
+outlasts the shortest remaining max_tokens, so length-limited slots free exactly on time; tokens a slot
+decodes after a stop within a burst are discarded (at most sync_every - 1 steps of one slot).
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class EngineConfig:
     max_slots: int = 8  # sequences decoded together (the decode batch); more requests wait in the queue
     max_len: int | None = None  # cache positions per slot = the longest prompt + max_tokens; None: the context
     sync_every: int = 8  # decode steps between reads to the host (stop checks, streaming granularity)
-    prefill_chunk: int = 512  # prompt tokens per prefill forward (bounds the (tokens, vocab) logits)
-    compile: bool = False  # CUDA: torch.compile(mode="reduce-overhead") the decode step (CUDA graphs)
+    prefill_chunk: int = 512  # positions per prefill forward (long prompts go in chunks)
+    prefill_tokens: int = 16384  # prompts prefilled together: at most this many (padded) tokens per forward
+    cuda_graphs: bool = True  # CUDA: replay each decode burst as one CUDA graph (no per-kernel launch cost)
+    compile: bool = False  # CUDA: torch.compile the decode step first (fused kernels; minutes of compiling)
 
     def __post_init__(self) -> None:
-        for name in ("max_slots", "sync_every", "prefill_chunk"):
+        for name in ("max_slots", "sync_every", "prefill_chunk", "prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len is not None and self.max_len < 2:
@@ -164,20 +167,14 @@ class Engine:
         self.slots: list[_Sequence | None] = [None] * slots
         self.waiting: deque[_Sequence] = deque()
         self._next_id = 0
-        self._decode = self._decode_step
-        if config.compile:
-            self._compile()
-
-    def _compile(self) -> None:
-        if self.device.type != "cuda":
-            log.info("compile: CUDA graphs need a CUDA device; decoding eagerly on %s", self.device)
-            return
-        # reduce-overhead records CUDA graphs; the tensors the step mutates must keep their addresses
-        for t in (self.cache.k, self.cache.v, self.ids, self.positions, self.seen, self.temperature, self.top_k,
-                  self.top_p, self.penalty, self.seeds):
-            torch._dynamo.mark_static_address(t)
-        # dynamic=False: one graph per (batch bucket, sampling features) combination, never a dynamic-shape graph
-        self._decode = torch.compile(self._decode_step, mode="reduce-overhead", dynamic=False)
+        on_cuda = self.device.type == "cuda"
+        if config.compile and not on_cuda:
+            log.info("compile: decoding eagerly on %s (compiling the step is for CUDA)", self.device)
+        # dynamic=False: one compiled step per (batch bucket, sampling features), never a dynamic-shape kernel
+        self._decode = (torch.compile(self._decode_step, dynamic=False) if config.compile and on_cuda
+                        else self._decode_step)
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, steps, features) -> its burst
+        self._graph_pool = torch.cuda.graph_pool_handle() if config.cuda_graphs and on_cuda else None
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -278,14 +275,38 @@ class Engine:
         features = (any(s.params.top_k is not None or s.params.top_p is not None for s in seqs),  # filtered
                     any(s.params.temperature > 0 for s in seqs),  # sampled
                     any(s.params.repetition_penalty != 1 for s in seqs))  # penalized
-        for t in range(steps):  # 2) no host sync in here
+        self._decode_burst(rows, steps, features)  # 2)
+        tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the one read-back of the burst
+        logprobs = self.out_logprobs[:rows, :steps].tolist()
+        return [self._hand_out(i, tokens[i], logprobs[i]) for i in active]
+
+    def _decode_burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
+        """`steps` decode steps of the first `rows` slots into out_tokens / out_logprobs, with no host sync. With
+        CUDA graphs, the first burst of a shape runs for real on a side stream (warming up lazy initialisation:
+        cuBLAS handles, Triton autotuning, compilation) and is then captured; later bursts of that shape are
+        one graph replay. Every tensor a burst reads or writes lives in the engine, so the graphs can share one
+        memory pool for their temporaries."""
+        if self._graph_pool is None:
+            return self._burst(rows, steps, features)
+        key = (rows, steps, features)
+        if key in self._graphs:
+            return self._graphs[key].replay()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._burst(rows, steps, features)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = self._graphs[key] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):  # records the burst without running it
+            self._burst(rows, steps, features)
+        return None
+
+    def _burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
+        for t in range(steps):
             tokens, model_logprob, sampling_logprob = self._decode(rows, *features)
             self.out_tokens[:rows, t] = tokens
             self.out_logprobs[:rows, t, 0] = model_logprob
             self.out_logprobs[:rows, t, 1] = sampling_logprob
-        tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the one read-back of the burst
-        logprobs = self.out_logprobs[:rows, :steps].tolist()
-        return [self._hand_out(i, tokens[i], logprobs[i]) for i in active]
 
     def _decode_step(self, rows: int, filtered: bool, sampled: bool, penalized: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Feed each of the first `rows` slots its next token, sample the following one, advance (the flags: see
@@ -304,24 +325,60 @@ class Engine:
         return tokens, model_logprob, sampling_logprob
 
     def _admit(self) -> None:
-        """Prefill waiting requests into free slots (lowest first: the decode batch stays a short prefix)."""
-        while self.waiting and None in self.slots:
-            slot, seq = self.slots.index(None), self.waiting.popleft()
-            prompt = torch.tensor(seq.prompt, device=self.device)
-            view = self.cache.slot(slot)
-            n, chunk = len(seq.prompt) - 1, self.config.prefill_chunk
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                self.model(prompt[None, start:stop], torch.arange(start, stop, device=self.device), kv_cache=view)
-            p = seq.params
-            self.ids[slot], self.positions[slot] = prompt[-1], n
-            self.seen[slot] = False
-            self.seen[slot, prompt] = True
-            self.temperature[slot], self.penalty[slot] = p.temperature, p.repetition_penalty
-            self.top_k[slot] = p.top_k if p.top_k is not None else self.vocab_size
-            self.top_p[slot] = p.top_p if p.top_p is not None else 1.0
-            self.seeds[slot] = seq.seed
-            self.slots[slot] = seq
+        """Give waiting requests the free slots (lowest first: the decode batch stays a short prefix), set their
+        sampling state, and prefill their prompts, many per forward."""
+        admitted: list[tuple[int, _Sequence]] = []
+        free = [i for i, seq in enumerate(self.slots) if seq is None]
+        for slot in free[:len(self.waiting)]:
+            seq = self.slots[slot] = self.waiting.popleft()
+            admitted.append((slot, seq))
+        if not admitted:
+            return
+        self._set_slot_state(admitted)
+        admitted.sort(key=lambda a: len(a[1].prompt))  # similar lengths together: less padding
+        group: list[tuple[int, _Sequence]] = []
+        for item in admitted:
+            if group and (len(group) + 1) * (len(item[1].prompt) - 1) > self.config.prefill_tokens:
+                self._prefill(group)
+                group = []
+            group.append(item)
+        self._prefill(group)
+
+    def _set_slot_state(self, admitted: list[tuple[int, _Sequence]]) -> None:
+        """Per-slot decode state of newly admitted requests, a few batched copies to the device."""
+        def column(values: list, dtype: torch.dtype) -> Tensor:
+            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+        slots = column([slot for slot, _ in admitted], torch.long)
+        seqs = [seq for _, seq in admitted]
+        self.ids[slots] = column([seq.prompt[-1] for seq in seqs], torch.long)
+        self.positions[slots] = column([len(seq.prompt) - 1 for seq in seqs], torch.long)
+        self.seeds[slots] = column([seq.seed for seq in seqs], torch.long)
+        params = [seq.params for seq in seqs]
+        wide = self.temperature.dtype
+        self.temperature[slots] = column([[p.temperature] for p in params], wide)
+        self.penalty[slots] = column([[p.repetition_penalty] for p in params], wide)
+        self.top_k[slots] = column([[p.top_k or self.vocab_size] for p in params], torch.long)
+        self.top_p[slots] = column([[p.top_p if p.top_p is not None else 1.0] for p in params], wide)
+        self.seen[slots] = False
+        rows = column([i for i, seq in enumerate(seqs) for _ in seq.prompt], torch.long)
+        self.seen[slots[rows], column([t for seq in seqs for t in seq.prompt], torch.long)] = True
+
+    def _prefill(self, group: list[tuple[int, _Sequence]]) -> None:
+        """Store all prompt tokens but the last (the first decode input) of these slots in their cache rows:
+        one forward per chunk of positions over the right-padded prompts. Padding writes junk at positions
+        past a prompt's end, which decoding overwrites before any query can see it (a query at position p sees
+        positions <= p, and position p is written by the step that reads it)."""
+        longest = max(len(seq.prompt) for _, seq in group) - 1
+        if longest == 0:
+            return
+        padded = [seq.prompt[:-1] + [0] * (longest + 1 - len(seq.prompt)) for _, seq in group]
+        tokens = torch.tensor(padded).to(self.device, non_blocking=True)  # (group, longest)
+        slots = torch.tensor([slot for slot, _ in group]).to(self.device, non_blocking=True)
+        for start in range(0, longest, self.config.prefill_chunk):
+            stop = min(start + self.config.prefill_chunk, longest)
+            self.model.hidden_states(tokens[:, start:stop], torch.arange(start, stop, device=self.device),
+                                     kv_cache=self.cache.rows(slots, stop))
 
     def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]]) -> StepOutput:
         """Give a slot's burst to its sequence up to where it ends; free the slot if it ended."""

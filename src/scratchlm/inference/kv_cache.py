@@ -17,18 +17,25 @@ from scratchlm.model.config import ModelConfig
 
 @dataclass
 class LayerKV:
-    k: Tensor  # (batch, n_kv_heads, max_len, head_dim)
+    k: Tensor  # (slots, n_kv_heads, max_len, head_dim): one layer's whole tensor, never a view of a bigger one
     v: Tensor
+    rows: Tensor | None = None  # (batch,) slot indices of the batch rows; None: the first `batch` slots
+    length: int | None = None  # positions to hand back (all max_len when None)
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v (batch, n_kv_heads, t, head_dim) at positions (t,) or (batch, t); return the whole
-        cache of these rows (batch, n_kv_heads, max_len, head_dim)."""
+        """Store k, v (batch, n_kv_heads, t, head_dim) at positions (t,) or (batch, t) of their rows; return
+        these rows' cache (batch, n_kv_heads, length, head_dim).
+
+        The write indexes the layer's own tensor in place. (Writing through a view of a larger tensor made
+        torch.compile copy the whole larger tensor back after every step.)"""
         b, _, t, _ = k.shape
         pos = positions.expand(b, t)
-        rows = torch.arange(b, device=k.device)[:, None]  # (b, 1)
-        self.k[rows, :, pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: (b, t, n_kv_heads, head_dim)
-        self.v[rows, :, pos] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[:b], self.v[:b]
+        rows = torch.arange(b, device=k.device) if self.rows is None else self.rows
+        self.k[rows[:, None], :, pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: (b, t, n_kv_heads, head_dim)
+        self.v[rows[:, None], :, pos] = v.transpose(1, 2).to(self.v.dtype)
+        if self.rows is None:  # a view of the leading slots: decoding reads the cache in place
+            return self.k[:b, :, :self.length], self.v[:b, :, :self.length]
+        return self.k[self.rows, :, :self.length], self.v[self.rows, :, :self.length]  # gathered copies (prefill)
 
 
 class KVCache:
@@ -37,28 +44,28 @@ class KVCache:
         self.max_len = max_len or config.context_length
         if self.max_len > config.context_length:
             raise ValueError(f"max_len {self.max_len} exceeds the model's context_length {config.context_length}")
-        shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.kv_heads, self.max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]  # per layer
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
 
     def layer(self, index: int) -> LayerKV:
         return LayerKV(self.k[index], self.v[index])
 
-    def slot(self, index: int) -> SlotView:
-        """Row `index` alone, as a batch-1 cache (prefilling one sequence into its slot)."""
-        return SlotView(self, index)
+    def rows(self, slots: Tensor, length: int) -> RowsView:
+        """Slots `slots` (batch,) as one batch whose queries sit below position `length` (prefilling prompts
+        into their slots): writes land in the shared tensors, attention reads positions [0, length)."""
+        return RowsView(self, slots, length)
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in self.k + self.v)
 
 
-class SlotView:
-    """One row of a KVCache with the KVCache interface: writes land in the shared tensors."""
+class RowsView:
+    """Some slots of a KVCache, with the KVCache interface (see `KVCache.rows`)."""
 
-    def __init__(self, cache: KVCache, index: int):
-        self.cache, self.index = cache, index
+    def __init__(self, cache: KVCache, slots: Tensor, length: int):
+        self.cache, self.slots, self.length = cache, slots, length
 
     def layer(self, index: int) -> LayerKV:
-        row = slice(self.index, self.index + 1)
-        return LayerKV(self.cache.k[index, row], self.cache.v[index, row])
+        return LayerKV(self.cache.k[index], self.cache.v[index], self.slots, self.length)

@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from scratchlm import kernels
+from scratchlm.kernels.decode_attention import decode_attention
 from scratchlm.model.attention import ATTENTION_BACKENDS, naive_attention, sdpa_attention
 
 log = logging.getLogger(__name__)
@@ -521,7 +522,7 @@ _logged_fallbacks: set[str] = set()
 
 def _fallback_reason(q: Tensor, sliding_window: int | None, mask: Tensor | None) -> str | None:
     if mask is not None:
-        return "an explicit mask (KV-cache decoding)"
+        return "an explicit mask with several queries per row (KV-cache prefill)"
     if sliding_window is not None:
         return "a sliding window"
     if q.shape[-1] not in HEAD_DIMS:
@@ -533,12 +534,15 @@ def _fallback_reason(q: Tensor, sliding_window: int | None, mask: Tensor | None)
 
 def flash_attention_fn(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
                        mask: Tensor | None = None) -> Tensor:
-    """The "flash" attention backend (signature of scratchlm.model.attention). Cases the kernels do not cover
-    (a mask, a sliding window, other head dims or dtypes) go to sdpa on CUDA, naive elsewhere, logged once at
-    debug level. Tensors on a device Triton cannot run on are an error: nothing "flash" could mean there."""
+    """The "flash" attention backend (signature of scratchlm.model.attention). A decode step (one query per
+    row, a position mask) runs scratchlm.kernels.decode_attention. Cases the kernels do not cover (a mask over
+    several queries, a sliding window without a mask, other head dims or dtypes) go to sdpa on CUDA, naive
+    elsewhere, logged once at debug level. Tensors on a device Triton cannot run on are an error: nothing "flash" could mean there."""
     if q.device.type != "cuda" and not (INTERPRETED and q.device.type == "cpu"):
         raise ValueError(f"attention backend 'flash' is not available on {q.device.type}: its Triton kernels need "
                          "CUDA tensors (or TRITON_INTERPRET=1, for tests); use 'naive' or 'sdpa'")
+    if mask is not None and q.shape[2] == 1 and q.shape[-1] in HEAD_DIMS and q.dtype in kernels.KERNEL_DTYPES:
+        return decode_attention(q, k, v, mask)  # a decode step: the mask holds the positions (and the window)
     reason = _fallback_reason(q, sliding_window, mask)
     if reason is None:
         return FlashAttentionFunction.apply(q, k, v, True)

@@ -1,0 +1,111 @@
+"""Attention for a decode step in Triton: one query per sequence against its row of the KV cache.
+
+q: (B, H, 1, D); k, v: (B, KV, S, D), the cache rows (H a multiple of KV: query head h reads kv head
+h // (H / KV)); mask: (B or 1, 1, 1, S) bool, True where the row's query may see key slot j (what
+`scratchlm.model.attention.position_mask` builds from the rows' positions, sliding window included).
+
+Why a kernel of its own: a decode step asks for B x H dot products against at most S keys, far too little work
+for the fused attention kernels built for long queries (cuDNN's took ~7 us per layer on an H100 for one short
+row), and a cache row holds S = max_len slots of which only those up to the row's position are filled. One
+program per (row, query head) walks the key blocks with an online softmax in float32 (base 2, the scale
+folded into q) and skips a block whose mask is all false after reading only its mask bytes: a row at
+position p loads the keys and values of ceil((p + 1) / BLOCK_N) blocks, not of all S slots.
+
+Every row must see at least one key (a decode query always sees its own position).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from scratchlm import kernels
+
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+BLOCK_N = 64  # key slots per loop step: one (BLOCK_N, D) tile of k and of v in registers
+NUM_WARPS = 4
+
+
+@triton.jit
+def _decode_attention_kernel(Q, K, V, MASK, OUT, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb,
+                             stride_vh, stride_vs, stride_mb, stride_ob, stride_oh, S, scale_log2,
+                             GROUP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    kv_head = (head // GROUP).to(tl.int64)
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
+    k_base = K + row * stride_kb + kv_head * stride_kh
+    v_base = V + row * stride_vb + kv_head * stride_vh
+    m_i = tl.full((), float("-inf"), tl.float32)  # running max of the scores (log2 units)
+    l_i = tl.zeros((), tl.float32)  # running sum of exp2(score - m_i)
+    acc = tl.zeros((D,), tl.float32)  # running sum of exp2(score - m_i) * v
+    for start in range(0, S, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        visible = tl.load(MASK + row * stride_mb + offs_n, mask=offs_n < S, other=0) != 0  # (BLOCK_N,)
+        if tl.max(visible.to(tl.int32), axis=0) > 0:
+            k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
+            scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+            alpha = tl.exp2(m_i - m_new)  # 0 on the first visible block (m_i = -inf)
+            p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where masked
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            m_i = m_new
+    tl.store(OUT + row * stride_ob + head * stride_oh + offs_d, (acc / l_i).to(OUT.dtype.element_ty))
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
+    kernels.check_device(INTERPRETED, q, k, v, mask)
+    for t_ in (q, k, v):
+        kernels.check_dtype("q, k and v", t_.dtype)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    b, h, t, d = q.shape
+    if t != 1:
+        raise ValueError(f"decode attention takes one query per row, got {t}")
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d or h % k.shape[1]:
+        raise ValueError(f"k and v must be (B, KV, S, D) with KV dividing H, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if d & (d - 1) or not 16 <= d <= 256:
+        raise ValueError(f"head dim must be a power of two in [16, 256], got {d}")
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, b) or mask.shape[1:3] != (1, 1) \
+            or mask.shape[3] != k.shape[2]:
+        raise ValueError(f"mask must be bool (B or 1, 1, 1, S={k.shape[2]}), got {mask.dtype} {tuple(mask.shape)}")
+    for name, t_ in (("q", q), ("k", k), ("v", v), ("mask", mask)):
+        if t_.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+
+
+def _launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    b, h, _, d = q.shape
+    out = kernels.output_buffer(q.shape, q.dtype, q.device)
+    mask_bytes = mask.view(torch.uint8)  # Triton reads bool as bytes
+    stride_mb = mask_bytes.stride(0) if mask.shape[0] > 1 else 0  # one mask row shared by every batch row
+    _decode_attention_kernel[(b, h)](
+        q, k, v, mask_bytes, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0),
+        v.stride(1), v.stride(2), stride_mb, out.stride(0), out.stride(1), k.shape[2], 1.4426950408889634 / d**0.5,
+        GROUP=h // k.shape[1], D=d, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
+    return out
+
+
+# A custom op, so torch.compile keeps the launch as one opaque call inside a compiled decode step.
+@torch.library.custom_op("scratchlm::decode_attention", mutates_args=())
+def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    return _launch(q, k, v, mask)
+
+
+@_decode_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    return torch.empty_like(q)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(D), masked) v for one query per row (see the module docstring); forward only
+    (decoding needs no gradients). Returns (B, H, 1, D) in q's dtype."""
+    check_inputs(q, k, v, mask)
+    return _decode_attention_op(q, k, v, mask)

@@ -1,0 +1,98 @@
+"""The Triton decode-attention kernel against a float64 masked softmax attention: rows at different positions of
+a cache with junk past them, GQA, sliding windows, a batch-shared mask, both head dims; launcher errors.
+CPU: Triton's interpreter (BLOCK_N = 64 key slots, so caches of 70-130 slots cross blocks and leave some
+fully masked blocks to skip)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.kernels.common import DEVICE, TOLERANCES, require_triton
+from tests.model.reference import assert_close_scaled
+
+require_triton()
+
+from scratchlm.kernels.decode_attention import decode_attention  # noqa: E402
+from scratchlm.model.attention import position_mask  # noqa: E402
+
+
+def float64_attention(q, k, v, mask):
+    """Softmax attention in float64 with repeated k/v heads and the mask applied before the softmax."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(group, dim=1), v.double().repeat_interleave(group, dim=1)
+    scores = q.double() @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def cache_rows(b, h, n_kv, s, d, dtype, positions, window=None):
+    """q (b, h, 1, d), a cache (b, n_kv, s, d) whose slots past each row's position hold huge junk (a kernel
+    that reads past the mask is caught), and the rows' position mask."""
+    q = torch.randn(b, h, 1, d, dtype=torch.float64, device=DEVICE).to(dtype)
+    k, v = (torch.randn(b, n_kv, s, d, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    for row, p in enumerate(positions):
+        k[row, :, p + 1:], v[row, :, p + 1:] = 1e4, -1e4
+    mask = position_mask(torch.tensor(positions, device=DEVICE)[:, None], s, window)
+    return q, k.to(dtype), v.to(dtype), mask
+
+
+# (batch, heads, kv heads, cache slots, head dim, row positions, sliding window)
+CASES = [
+    (1, 1, 1, 70, 64, [0], None),  # the first token: one visible key
+    (3, 4, 2, 130, 64, [5, 64, 129], None),  # a block edge, the last slot; GQA groups of 2
+    (2, 4, 1, 100, 128, [99, 40], 16),  # sliding window: blocks before the window are skipped too
+    (2, 2, 2, 33, 64, [10, 32], None),  # fewer slots than one block
+]
+
+
+@pytest.mark.parametrize(("b", "h", "n_kv", "s", "d", "positions", "window"), CASES, ids=str)
+def test_decode_attention_matches_float64(b, h, n_kv, s, d, positions, window):
+    q, k, v, mask = cache_rows(b, h, n_kv, s, d, torch.float32, positions, window)
+    out = decode_attention(q, k, v, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
+
+
+def test_a_mask_shared_by_all_rows():
+    """A (1, 1, 1, S) mask (every row at one position) broadcasts over the batch."""
+    q, k, v, _ = cache_rows(3, 2, 1, 80, 64, torch.float32, [50, 50, 50])
+    mask = position_mask(torch.tensor([50], device=DEVICE), 80)
+    assert mask.shape[0] == 1
+    assert_close_scaled(decode_attention(q, k, v, mask).double(), float64_attention(q, k, v, mask), "output",
+                        **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_decode_attention_half_precision(dtype):
+    q, k, v, mask = cache_rows(2, 4, 2, 90, 64, dtype, [7, 89])
+    out = decode_attention(q, k, v, mask)
+    assert out.dtype == dtype
+    assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[dtype])
+
+
+def test_launcher_rejects_bad_inputs():
+    q, k, v, mask = cache_rows(2, 4, 2, 70, 64, torch.float32, [3, 4])
+    with pytest.raises(ValueError, match="one query per row"):
+        decode_attention(torch.cat([q, q], dim=2), k, v, mask)
+    with pytest.raises(ValueError, match="KV dividing H"):
+        decode_attention(q[:, :3], k, v, mask)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        decode_attention(q, k, v, mask.float())
+    with pytest.raises(ValueError, match="mask must be bool"):
+        decode_attention(q, k, v, mask[..., :-1])
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(q[..., :48], k[..., :48], v[..., :48], mask)
+    with pytest.raises(ValueError, match="share a dtype"):
+        decode_attention(q.half(), k, v, mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+def test_decode_attention_gpu_bf16_long_cache(d):
+    """Real sizes: 32 rows at scattered positions of a 2048-slot cache, GQA 4."""
+    positions = torch.randint(0, 2048, (32,)).tolist()
+    q, k, v, mask = cache_rows(32, 16, 4, 2048, d, torch.bfloat16, positions)
+    assert_close_scaled(decode_attention(q, k, v, mask).double(), float64_attention(q, k, v, mask), "output",
+                        **TOLERANCES[torch.bfloat16])
