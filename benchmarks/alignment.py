@@ -78,7 +78,7 @@ SIZES: dict[str, dict[str, Any]] = {
         name="alignment_gpu", digits=2, eval_problems=500, dev_problems=200, exclude_heldout=True,
         sft_examples=20000, sft_steps=600, sft_round=100, sft_stop_accuracy=0.3, sft_lr=2e-4, sft_batch=32,
         sft_schedule="constant", sft_val_fraction=0.02,
-        grpo_steps=100, grpo_prompts=32, grpo_group=8, grpo_lr=5e-5, grpo_epochs=2, grpo_max_new_tokens=8,
+        grpo_steps=100, grpo_prompts=32, grpo_group=8, grpo_lr=1e-5, grpo_epochs=2, grpo_max_new_tokens=8,
         grpo_batch=256, grpo_eval_interval=25,
         dpo_steps=150, dpo_batch=16, dpo_lr=2e-5, dpo_pairs=None, dpo_val_fraction=0.1, dpo_eval_interval=25,
         eval_tasks="gsm8k,safety", eval_limit=200, eval_max_new_tokens=256, eval_batch=128),
@@ -223,7 +223,8 @@ def stage_configs(out: Path, base: Path, sft_data: list[str], dpo_data: str,
                           epochs=args.grpo_epochs, eval_problems=args.eval_problems, batch_size=args.grpo_batch,
                           log_interval=5, eval_interval=args.grpo_eval_interval,
                           optimizer=OptimizerConfig(lr=args.grpo_lr, weight_decay=0.0),
-                          schedule=ScheduleConfig(kind="constant", warmup_steps=0), **common)
+                          # warmup: Adam's first steps move every weight by ~lr whatever its (noisy) gradient
+                          schedule=ScheduleConfig(kind="constant", warmup_steps=args.grpo_steps // 10), **common)
     dpo_cfg = DPOConfig(base=sft_cfg.out, out=str(out / "dpo"), data=dpo_data, max_pairs=args.dpo_pairs if args.base else None,
                         steps=args.dpo_steps, beta=0.1, batch_size=args.dpo_batch, val_fraction=args.dpo_val_fraction,
                         log_interval=10, eval_interval=args.dpo_eval_interval,

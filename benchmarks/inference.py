@@ -158,8 +158,10 @@ def text_tokens(args: argparse.Namespace) -> torch.Tensor | None:
     return torch.tensor(tokenizer.encode(args.prompt_text.read_text(encoding="utf-8", errors="replace")))
 
 
-def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: argparse.Namespace,
-                 device: torch.device, dtype: torch.dtype, bandwidth: float) -> dict:
+def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args: argparse.Namespace,
+                 device: torch.device, dtype: torch.dtype, bandwidth: float, save: Callable[[], None]) -> None:
+    """Fill `result` section by section, saving after each."""
+    name = result["preset"]
     gen = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
     text = text_tokens(args)
@@ -173,7 +175,6 @@ def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: ar
         return text[:batch * length].view(batch, length)
 
     prompt = prompts(1, args.prompt_len)[0].tolist()
-    result: dict = {"preset": name, "params": model.num_params(), "config": dataclasses.asdict(model.config)}
     # 1) batch-1 decode vs the bandwidth bound: eager, CUDA graphs, compiled + CUDA graphs
     bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
     modes = ["eager"] + (["graphs"] + ([] if args.no_compile else ["compiled"]) if device.type == "cuda" else [])
@@ -186,16 +187,20 @@ def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: ar
         log(f"{name}: decode b=1 {mode} {rate['tokens_per_second']:,.0f} tok/s "
             f"({rate['fraction_of_bound']:.0%} of the {bound:,.0f} tok/s bound), TTFT {rate['ttft_s'] * 1e3:.1f} ms")
     result["bound_tokens_per_second"] = bound
+    save()
     result["batch_mode"] = batch_mode = args.batch_mode if device.type == "cuda" else "eager"
     # 2) prefill and time to first token (ours; HF's beside it below)
-    long_prompt = prompts(1, args.prefill_len).to(device)
-    result["prefill"] = {"ours": args.prefill_len / timed(ours_prefill(model, long_prompt), device, args.repeats)}
+    prefill_len = min(args.prefill_len, model.config.context_length)  # a checkpoint's context may be shorter
+    long_prompt = prompts(1, prefill_len).to(device)
+    result["prefill"] = {"tokens": prefill_len,
+                         "ours": prefill_len / timed(ours_prefill(model, long_prompt), device, args.repeats)}
     hf = hf_model(model, dtype) if not args.no_hf else None
     if hf is not None:
-        result["prefill"]["hf"] = args.prefill_len / timed(
+        result["prefill"]["hf"] = prefill_len / timed(
             torch.no_grad()(lambda: hf(long_prompt, use_cache=True)), device, args.repeats)
         ids = torch.tensor([prompt], device=device)
         result["ttft_hf_s"] = timed(hf_generate(hf, ids, 1), device, args.repeats)
+    save()
     # 3) end-to-end generation at each batch size
     result["batches"] = []
     for batch in args.batches:
@@ -210,9 +215,10 @@ def bench_preset(name: str, model: TransformerLM, draft: TransformerLM, args: ar
         log(f"{name}: batch {batch}: ours {row['ours_tokens_per_second']:,.0f} tok/s"
             + (f", HF {row['hf_tokens_per_second']:,.0f} tok/s ({row['speedup']:.2f}x)" if hf is not None else ""))
         result["batches"].append(row)
+        save()
     # 4) speculative decoding at batch 1
     result["speculative"] = bench_speculative(ours, Ours(draft, ours.max_len), prompt, args, device)
-    return result
+    save()
 
 
 def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
@@ -254,19 +260,21 @@ def markdown(report: dict) -> str:
     for r in report["presets"]:
         lines += [f"## {r['preset']} ({r['params'] / 1e6:.0f}M parameters)", "",
                   "| decode, batch 1 | tokens/s | of the bandwidth bound | time to first token |", "|---|---|---|---|"]
-        for mode, d in r["decode"].items():
+        for mode, d in r.get("decode", {}).items():
             lines.append(f"| ours, {mode} | {d['tokens_per_second']:,.0f} | {d['fraction_of_bound']:.0%} of "
                          f"{r['bound_tokens_per_second']:,.0f} | {d['ttft_s'] * 1e3:.1f} ms |")
         if "ttft_hf_s" in r:
             lines.append(f"| HF generate | | | {r['ttft_hf_s'] * 1e3:.1f} ms |")
+        if "prefill" not in r:
+            continue
         prefill = r["prefill"]
-        lines += ["", f"Prefill: ours {prefill['ours']:,.0f} tokens/s"
+        lines += ["", f"Prefill ({prefill['tokens']} tokens): ours {prefill['ours']:,.0f} tokens/s"
                   + (f", HF {prefill['hf']:,.0f} tokens/s ({prefill['ours'] / prefill['hf']:.2f}x)" if "hf" in prefill else "")
                   + ".", "", f"| batch | ours ({r['batch_mode']}) tokens/s | HF generate tokens/s | ours / HF |", "|---|---|---|---|"]
-        for b in r["batches"]:
+        for b in r.get("batches", []):
             hf = f"{b['hf_tokens_per_second']:,.0f} | {b['speedup']:.2f}x" if "speedup" in b else "– | –"
             lines.append(f"| {b['batch']} | {b['ours_tokens_per_second']:,.0f} | {hf} |")
-        for s in r["speculative"]:
+        for s in r.get("speculative", []):
             lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}, eager: plain "
                       f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
                       f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
@@ -361,18 +369,23 @@ def main() -> None:
             args.no_hf = True
     bandwidth = copy_bandwidth(device, args.repeats, (1 << 30) if device.type == "cuda" else (1 << 26))
     log(f"copy bandwidth {bandwidth / 1e9:,.1f} GB/s")
-    presets = [bench_preset(name, target, draft, args, device, dtype, bandwidth)
-               for name, target, draft in models(args, device, dtype)]
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
               "dtype": str(dtype).removeprefix("torch."), "random_weights": args.target_checkpoint is None,
               "prompts": "random tokens" if args.prompt_text is None else f"windows of {args.prompt_text.name}",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
-              "repeats": args.repeats, "bandwidth_bytes_per_s": bandwidth, "presets": presets, "run_info": run_info()}
+              "repeats": args.repeats, "bandwidth_bytes_per_s": bandwidth, "presets": [], "run_info": run_info()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.results_name or ("inference_quick" if args.quick else
                                  "inference" if args.target_checkpoint is None else "inference_trained")
-    write_text_atomic(RESULTS / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(RESULTS / f"{stem}.md", markdown(report))
+
+    def save() -> None:
+        """Results so far: a run cut short (a time limit) keeps every finished section."""
+        write_text_atomic(RESULTS / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(RESULTS / f"{stem}.md", markdown(report))
+
+    for name, target, draft in models(args, device, dtype):
+        report["presets"].append({"preset": name, "params": target.num_params(), "config": dataclasses.asdict(target.config)})
+        bench_preset(report["presets"][-1], target, draft, args, device, dtype, bandwidth, save)
     print(markdown(report))
 
 

@@ -143,3 +143,16 @@ def test_grad_accum_and_z_loss(tmp_path, token_files):
     assert any("step 6/6" in line for line in lines)
     record = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"][-1]
     assert record["tokens"] == 6 * 3 * 8 * 32 and record["grad_norm"] > 0
+
+
+def test_rng_state_restores_from_a_non_cpu_copy():
+    """A checkpoint loaded with map_location="cuda" hands the RNG states back on the GPU; torch wants CPU byte
+    tensors. A meta-device copy stands in for the GPU here: restoring must move it, and the stream continues."""
+    from scratchlm.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    expected = torch.rand(3)
+    moved = {**state, "torch": state["torch"].to("meta")}
+    moved["torch"].cpu = lambda: state["torch"]  # meta tensors hold no data: .cpu() is where the bytes come back
+    set_rng_state(moved)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
