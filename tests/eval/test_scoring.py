@@ -75,3 +75,17 @@ def test_load_mmlu_reads_the_shared_csvs(data_path):
     dev = load_mmlu("dev")
     assert len(dev) == 57 * 5 and len({q.subject for q in dev}) == 57
     assert all(len(q.choices) == 4 and 0 <= q.answer < 4 for q in dev)
+
+
+def test_mmlu_in_a_chat_template_scores_the_reply():
+    """With format_prompt the question block is wrapped and the letters are scored without a leading space."""
+    tok = byte_tokenizer()
+    model = tiny_model(tok.vocab_size, context_length=256)
+    questions = [MCQuestion("anatomy", f"Which {i}?", ("a", "b", "c", "d"), i % 4) for i in range(3)]
+    wrap = lambda text: f"<user>{text}</user><assistant>"  # noqa: E731
+    _, records = evaluate_mmlu(model, tok, questions, [], format_prompt=wrap)
+    _, plain = evaluate_mmlu(model, tok, questions, [])
+    for q, record in zip(questions, records, strict=True):
+        scores = score_continuations(model, tok, [(wrap(mmlu_prompt(q, [])), letter) for letter in "ABCD"])
+        assert record["scores"] == scores
+    assert [r["scores"] for r in records] != [r["scores"] for r in plain]

@@ -107,7 +107,7 @@ def _run_task(task: str, cfg: EvalConfig, model: torch.nn.Module, tokenizer: Tok
         questions = datasets.load_mmlu(cfg.mmlu_split)
         dev = datasets.load_mmlu("dev") if cfg.shots else []
         return evaluate_mmlu(model, tokenizer, _spread(questions, limit), dev, shots=cfg.shots, scoring=cfg.mmlu_scoring,
-                             batch_size=cfg.batch_size, dtype=dtype, progress=True)
+                             batch_size=cfg.batch_size, dtype=dtype, format_prompt=format_prompt, progress=True)
     if task == "gsm8k":
         shots = datasets.read_jsonl(datasets.GSM8K_TRAIN, limit=cfg.shots) if cfg.shots else []
         return evaluate_gsm8k(model, tokenizer, datasets.read_jsonl(cfg.gsm8k_data, limit), shots, gen, **kw)

@@ -9,6 +9,7 @@ which suits small models that never learned the lettered format.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -60,8 +61,11 @@ def mmlu_prompt(question: MCQuestion, shots: list[MCQuestion]) -> str:
 
 def evaluate_mmlu(model: torch.nn.Module, tokenizer: Tokenizer, questions: list[MCQuestion], dev: list[MCQuestion],
                   *, shots: int = 0, scoring: Literal["letter", "text"] = "letter", batch_size: int = 16,
-                  dtype: torch.dtype = torch.float32, progress: bool = False) -> tuple[dict, list[dict]]:
-    """(metrics, per-question records). Shots are the subject's first `shots` dev questions."""
+                  dtype: torch.dtype = torch.float32, format_prompt: Callable[[str], str] | None = None,
+                  progress: bool = False) -> tuple[dict, list[dict]]:
+    """(metrics, per-question records). Shots are the subject's first `shots` dev questions. With
+    `format_prompt` (a chat model: scratchlm.alignment.chat), the whole question block is the user turn and the
+    options are scored as the start of the assistant's reply (no leading space, as in SFT responses)."""
     if not questions:
         raise ValueError("no MMLU questions to evaluate")
     by_subject = defaultdict(list)
@@ -70,8 +74,11 @@ def evaluate_mmlu(model: torch.nn.Module, tokenizer: Tokenizer, questions: list[
     requests, prompts = [], []
     for q in questions:
         prompt = mmlu_prompt(q, by_subject[q.subject][:shots])
+        space = " "
+        if format_prompt is not None:
+            prompt, space = format_prompt(prompt), ""
         prompts.append(prompt)
-        options = [f" {letter}" for letter in LETTERS] if scoring == "letter" else [f" {c}" for c in q.choices]
+        options = [f"{space}{letter}" for letter in LETTERS] if scoring == "letter" else [f"{space}{c}" for c in q.choices]
         requests += [(prompt, option) for option in options]
     scores = score_continuations(model, tokenizer, requests, batch_size=batch_size, dtype=dtype, progress=progress)
     records, correct = [], defaultdict(list)
