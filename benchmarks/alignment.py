@@ -3,7 +3,7 @@ each stage. Evidence that the pieces work together, not a benchmark against a pe
 the whole pipeline).
 
     python benchmarks/alignment.py --threads 1                     # CPU mode: ~4 min on 2 busy cores
-    python benchmarks/alignment.py --base runs/base --device cuda  # real mode: ~4 min on an H100
+    python benchmarks/alignment.py --base runs/base --device cuda  # real mode: ~6.5 min on an H100
     bash benchmarks/alignment_gpu.sh OUT_DIR                       # pretrain the base on Gutenberg, then real mode
 
 CPU mode: 1) a random-init model over a byte-level tokenizer (the chat tokens are added and the embeddings
@@ -64,7 +64,7 @@ from scratchlm.train.metrics import read_metrics  # noqa: E402
 HH_PAIRS = "alignment/hh_rlhf_harmless_base_test.jsonl.gz"
 CHECKPOINTS = ("base", "sft", "grpo", "dpo")
 # Sizes per mode. CPU mode reproduces benchmarks/results/alignment_cpu.md (a 2M-parameter random-init model);
-# real mode is sized for ~4 minutes on one H100 with a ~90M-parameter base (GPT-2 small's shape, 10k vocab).
+# real mode is sized for ~6.5 minutes on one H100 with a 100M-parameter base (GPT-2 small's shape, 10k vocab).
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         name="alignment_cpu", digits=1, eval_problems=100, dev_problems=0, exclude_heldout=False,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU demonstration of docs/alignment.md in one command: encode Gutenberg with the 10k tokenizer, pretrain a
 # GPT-2-small-shaped base model (12 x 768, context 512, ~3 min on an H100), then benchmarks/alignment.py on it:
-# SFT (GSM8K train + arithmetic), GRPO (arithmetic), DPO (HH harmless-base), report cards (~4 min).
+# SFT (GSM8K train + arithmetic), GRPO (arithmetic), DPO (HH harmless-base), report cards (~6.5 min; 9.5 min in all).
 #
 #   bash benchmarks/alignment_gpu.sh OUT_DIR           # results: benchmarks/results/alignment_gpu.{json,md},
 #                                                      #          docs/img/alignment_gpu_{sft,grpo,dpo}.png
@@ -34,9 +34,9 @@ if [ "${QUICK:-0}" = 1 ]; then
     PPL_BYTES=100000
 else
     TEXTS=("$DATA"/gutenberg-0*.txt.xz)
-    # ~2.5 min of steps at ~400k tokens/s on an H100 (+ ~1 min compile and evals): 1800 steps x 64 x 512 = 59M
-    # tokens, about 1.3 passes over the 46M tokens of the 13 files
-    BASE_STEPS=${BASE_STEPS:-1800}
+    # 1200 steps x 64 x 512 = 39M tokens (0.85 passes over the 46M tokens of the 13 files): 141 s at ~520k
+    # tokens/s on an H100, 2 min 45 s with compilation and evals, so the whole script fits a 10-minute slot
+    BASE_STEPS=${BASE_STEPS:-1200}
     PRETRAIN=(--device cuda --dtype bfloat16 --compile --model.context-length 512 --model.d-model 768
               --model.n-layers 12 --model.n-heads 12 --model.d-ff 2048 --batch-size 64 --optimizer.lr 1.5e-3
               --optimizer.weight-decay 0.1 --schedule.warmup-steps 100 --schedule.min-lr-ratio 0.1

@@ -48,6 +48,7 @@ from scratchlm.inference.kv_cache import KVCache  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
 from scratchlm.inference.speculative import speculative_generate  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
+from scratchlm.profiling import profile_steps, top_ops  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.tokenizer import Tokenizer  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
@@ -83,7 +84,9 @@ def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
 
 # -- ours -------------------------------------------------------------------------------------------------
 
-MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(), "compiled": dict(compile=True)}  # EngineConfig
+# EngineConfig per mode; "kernels" (compiled, no graphs) is what --profile traces: graphs would hide the kernels
+MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(), "compiled": dict(compile=True),
+         "kernels": dict(compile=True, cuda_graphs=False)}
 
 
 class Ours:
@@ -150,6 +153,19 @@ def bytes_per_token(model: TransformerLM, context: float) -> float:
     return model.num_params() * size + kv
 
 
+def profile_decode(ours: Ours, prompt: list[int], args: argparse.Namespace, device: torch.device) -> dict:
+    """Where a batch-1 decode step's time goes: the top kernels (CPU ops on CPU) per generated token, from
+    torch.profiler over one generation of --new-tokens tokens (prefill included, 1/new_tokens of it per row)."""
+    run = ours.generate([prompt], args.new_tokens, "kernels")
+    run()  # compile and warm up outside the profile
+    prof = profile_steps(run, 1, device)
+    ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
+    total = sum(op["us"] for op in top_ops(prof, device, rows=10**6, per=args.new_tokens))
+    for op in ops:
+        log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
+    return {"mode": "compiled, no CUDA graphs" if device.type == "cuda" else "eager", "us_per_token": total, "ops": ops}
+
+
 def text_tokens(args: argparse.Namespace) -> torch.Tensor | None:
     """--prompt-text encoded with --tokenizer (real text: what speculative acceptance needs), or None."""
     if args.prompt_text is None:
@@ -187,6 +203,8 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
         log(f"{name}: decode b=1 {mode} {rate['tokens_per_second']:,.0f} tok/s "
             f"({rate['fraction_of_bound']:.0%} of the {bound:,.0f} tok/s bound), TTFT {rate['ttft_s'] * 1e3:.1f} ms")
     result["bound_tokens_per_second"] = bound
+    if args.profile:
+        result["profile"] = profile_decode(ours, prompt, args, device)
     save()
     result["batch_mode"] = batch_mode = args.batch_mode if device.type == "cuda" else "eager"
     # 2) prefill and time to first token (ours; HF's beside it below)
@@ -265,6 +283,11 @@ def markdown(report: dict) -> str:
                          f"{r['bound_tokens_per_second']:,.0f} | {d['ttft_s'] * 1e3:.1f} ms |")
         if "ttft_hf_s" in r:
             lines.append(f"| HF generate | | | {r['ttft_hf_s'] * 1e3:.1f} ms |")
+        if "profile" in r:
+            prof = r["profile"]
+            lines += ["", f"Where a decode token's time goes ({prof['mode']}, {prof['us_per_token']:,.0f} us per token "
+                      "of kernel time):", "", "| us / token | calls / token | share | kernel |", "|---|---|---|---|"]
+            lines += [f"| {o['us']:,.1f} | {o['calls']:.1f} | {o['share']:.0%} | `{o['name'][:90]}` |" for o in prof["ops"]]
         if "prefill" not in r:
             continue
         prefill = r["prefill"]
@@ -318,6 +341,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-mode", choices=list(MODES), default="graphs",
                         help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode (minutes of compiling per batch size)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also list the N most expensive kernels of a batch-1 decode step (torch.profiler)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--results-name", help="results file stem (default: inference, inference_trained with "
                                                "checkpoints, inference_quick with --quick)")

@@ -18,7 +18,7 @@ if [ -n "${QUICK:-}" ]; then  # tiny everything; the numbers mean nothing
 else  # target: GPT-2 small's shape (85M parameters with this vocabulary); draft: 2 x 256 (3M)
     SHARDS=("$DATA"/gutenberg-0*.txt.xz); TARGET=(--model.d-model 768 --model.n-layers 12 --model.n-heads 12)
     DRAFT=(--model.d-model 256 --model.n-layers 2 --model.n-heads 4); STEPS=(--steps "${STEPS:-1500}" --batch-size 32)
-    COMMON=(--model.context-length 512); BENCH=(--temperatures 0,1 --repeats 2)
+    COMMON=(--model.context-length 512); BENCH=(--temperatures 0,1 --repeats 2 --profile 15)
 fi
 [ -f "$OUT/train.bin.json" ] || $SCRATCHLM tokenizer encode --tokenizer "$DATA/tok10k" --no-progress \
     --input "${SHARDS[@]}" --out "$OUT/train.bin"

@@ -8,7 +8,7 @@ import torch
 
 from scratchlm.model import ModelConfig, TransformerLM
 from scratchlm.optim import cross_entropy
-from scratchlm.profiling.trace import layer_ranges, profile_steps, top_ops_table
+from scratchlm.profiling.trace import layer_ranges, profile_steps, top_ops, top_ops_table
 
 CPU = torch.device("cpu")
 
@@ -37,6 +37,9 @@ def test_trace_has_a_range_per_layer(tmp_path):
     assert expected == set(names)
     assert expected <= seen and {"step 0", "step 1"} <= seen
     assert "aten::mm" in top_ops_table(prof, CPU)
+    rows = top_ops(prof, CPU, rows=5, per=2)
+    assert len(rows) == 5 and "aten::mm" in {r["name"] for r in top_ops(prof, CPU, rows=50)}
+    assert all(a["us"] >= b["us"] > 0 for a, b in zip(rows, rows[1:])) and 0 < sum(r["share"] for r in rows) <= 1
     # a block's forward range encloses its attention's
     spans = {e["name"]: (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X"}
     block, attn = spans["layers.1.forward"], spans["layers.1.attn.forward"]

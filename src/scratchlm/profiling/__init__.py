@@ -18,10 +18,10 @@ from scratchlm.profiling.timing import (
     stopwatch_for,
     synchronize,
 )
-from scratchlm.profiling.trace import layer_ranges, profile_steps, top_ops_table
+from scratchlm.profiling.trace import layer_ranges, profile_steps, top_ops, top_ops_table
 
 __all__ = [
     "BenchConfig", "BenchResult", "CudaEventStopwatch", "MemoryBreakdown", "PerfCounterStopwatch", "Stopwatch",
     "TimingStats", "Variant", "dump_snapshot", "format_table", "layer_ranges", "measure", "profile_steps",
-    "record_memory_history", "run_model_bench", "stopwatch_for", "synchronize", "top_ops_table",
+    "record_memory_history", "run_model_bench", "stopwatch_for", "synchronize", "top_ops", "top_ops_table",
 ]

@@ -126,3 +126,15 @@ def top_ops_table(prof: profile, device: torch.device, rows: int = 15) -> str:
     CUDA, CPU time elsewhere."""
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60)
+
+
+def top_ops(prof: profile, device: torch.device, rows: int = 15, per: int = 1) -> list[dict[str, float | str]]:
+    """`top_ops_table` as data: the `rows` ops with the most self time (GPU time on CUDA, CPU time elsewhere),
+    each {name, us (per unit), calls (per unit), share (of all self time)}, `per` = the units the profile
+    covered (e.g. decode steps), so the numbers read per step. Ranges (`record_function`) are not ops."""
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0 and not e.is_user_annotation]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, attr))
+    return [{"name": e.key, "us": getattr(e, attr) / per, "calls": e.count / per, "share": getattr(e, attr) / total}
+            for e in events[:rows]]
