@@ -377,8 +377,8 @@ class Engine:
         slots = torch.tensor([slot for slot, _ in group]).to(self.device, non_blocking=True)
         for start in range(0, longest, self.config.prefill_chunk):
             stop = min(start + self.config.prefill_chunk, longest)
-            self.model.hidden_states(tokens[:, start:stop], torch.arange(start, stop, device=self.device),
-                                     kv_cache=self.cache.rows(slots, stop))
+            self.model(tokens[:, start:stop], torch.arange(start, stop, device=self.device),
+                       kv_cache=self.cache.rows(slots, stop), logits=False)
 
     def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]]) -> StepOutput:
         """Give a slot's burst to its sequence up to where it ends; free the slot if it ended."""

@@ -53,16 +53,13 @@ class TransformerLM(nn.Module):
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
 
-    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache: KVCacheLike | None = None) -> Tensor:
+    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache: KVCacheLike | None = None,
+                logits: bool = True) -> Tensor:
         """token_ids: (batch, seq) long; token_positions: (seq,) or (batch, seq), default 0..seq-1.
-        Returns logits (batch, seq, vocab_size) in the compute dtype. With `kv_cache` (scratchlm.inference),
+        Returns logits (batch, seq, vocab_size) in the compute dtype; with logits=False the final normalised
+        hidden states (batch, seq, d_model) instead (prefilling a KV cache needs no logits: a keyword, not a
+        method, so that wrappers such as FSDP pass it through). With `kv_cache` (scratchlm.inference),
         positions are required: each row's tokens are stored at, and attend up to, their positions."""
-        return self.output(self.hidden_states(token_ids, token_positions, kv_cache))
-
-    def hidden_states(self, token_ids: Tensor, token_positions: Tensor | None = None,
-                      kv_cache: KVCacheLike | None = None) -> Tensor:
-        """The final normalised hidden states (batch, seq, d_model): `forward` without the output layer (what
-        prefilling a KV cache needs)."""
         seq = token_ids.shape[-1]
         if seq > self.config.context_length:  # explicit positions must also be < context_length (not checked:
             # reading them would wait for the GPU)
@@ -74,7 +71,8 @@ class TransformerLM(nn.Module):
         x = self.embed(token_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
-        return self.norm(x)
+        h = self.norm(x)
+        return self.output(h) if logits else h
 
     def output(self, h: Tensor) -> Tensor:  # (..., d_model) -> (..., vocab_size)
         return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)
