@@ -15,7 +15,7 @@ values, but speculative acceptance does, see below), in one process, same weight
   tokens each, prefill included): ours (`Engine` in --batch-mode, one slot per sequence) vs `LlamaForCausalLM.generate`
   from our weights (scratchlm.export's mapping), tokens generated per second and the ratio;
 - prefill tokens/s (one --prefill-len sequence) and time to first token (prompt --prompt-len, 1 new token);
-- speculative decoding at batch 1 (`speculative_generate`, a --draft-layers x --draft-d-model draft) for each
+- speculative decoding at batch 1 (`SpeculativeDecoder`, a --draft-layers x --draft-d-model draft) for each
   k in --ks: speed-up over plain cached decoding and the acceptance rate. With random weights acceptance is
   chance agreement between unrelated models; give trained checkpoints for meaningful numbers.
 
@@ -46,7 +46,7 @@ from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
 from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
 from scratchlm.inference.kv_cache import KVCache  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
-from scratchlm.inference.speculative import speculative_generate  # noqa: E402
+from scratchlm.inference.speculative import SpeculativeDecoder  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
 from scratchlm.profiling import profile_steps, top_ops  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
@@ -241,18 +241,21 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
 
 def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
                       device: torch.device) -> list[dict]:
-    """Per temperature: against plain eager cached decoding (speculative_generate is eager too)."""
-    n, out = args.new_tokens, []
+    """Per temperature: speculative decoding against plain cached decoding by the engine, both with CUDA graphs
+    on CUDA (eager on CPU). One SpeculativeDecoder per k, kept across runs (its graphs are reused)."""
+    n, mode = args.new_tokens, "graphs" if device.type == "cuda" else "eager"
+    decoders = {k: SpeculativeDecoder(target.model, draft.model, len(prompt) + n, k=k) for k in args.ks}
+    out = []
     for temperature in args.temperatures:
-        plain = timed(target.generate([prompt], n, "eager", temperature), device, args.repeats)
-        draft_plain = timed(draft.generate([prompt], n, "eager", temperature), device, args.repeats)
+        plain = timed(target.generate([prompt], n, mode, temperature), device, args.repeats)
+        draft_plain = timed(draft.generate([prompt], n, mode, temperature), device, args.repeats)
         rows = []
-        for k in args.ks:
+        for k, decoder in decoders.items():
             stats: list[dict] = []
 
-            def run(k: int = k, stats: list[dict] = stats, temperature: float = temperature) -> None:
-                tokens, s = speculative_generate(target.model, draft.model, prompt, n, k=k, seed=len(stats),
-                                                 temperature=temperature)
+            def run(decoder: SpeculativeDecoder = decoder, stats: list[dict] = stats,
+                    temperature: float = temperature) -> None:
+                tokens, s = decoder.generate(prompt, n, temperature=temperature, seed=len(stats))
                 assert len(tokens) == n
                 stats.append(s)
 
@@ -262,7 +265,7 @@ def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argpar
                          "acceptance_rate": accepted / proposed if proposed else 0.0,
                          "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
             log(f"speculative T={temperature} k={k}: {plain / seconds:.2f}x, acceptance {rows[-1]['acceptance_rate']:.3f}")
-        out.append({"plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
+        out.append({"mode": mode, "plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
                     "draft_params": draft.model.num_params(), "temperature": temperature, "rows": rows})
     return out
 
@@ -298,7 +301,7 @@ def markdown(report: dict) -> str:
             hf = f"{b['hf_tokens_per_second']:,.0f} | {b['speedup']:.2f}x" if "speedup" in b else "– | –"
             lines.append(f"| {b['batch']} | {b['ours_tokens_per_second']:,.0f} | {hf} |")
         for s in r.get("speculative", []):
-            lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}, eager: plain "
+            lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}, {s.get('mode', 'eager')}: plain "
                       f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
                       f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
                       "| k | tokens/s | speed-up | acceptance | tokens / target forward |", "|---|---|---|---|---|"]

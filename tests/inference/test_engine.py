@@ -282,4 +282,4 @@ def test_cuda_graph_decode_equals_eager(compile):
         assert [o.token_ids for o in outs] == [o.token_ids for o in eager]
         torch.testing.assert_close(torch.tensor([o.logprobs for o in outs]),
                                    torch.tensor([o.logprobs for o in eager]), rtol=0, atol=1e-9)
-        assert graphed._graphs  # captured, and replayed: PROMPTS * 2 repeats every burst shape
+        assert graphed._graphs.graphs  # captured, and replayed: PROMPTS * 2 repeats every burst shape

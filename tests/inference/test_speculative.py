@@ -8,7 +8,7 @@ import torch
 
 from scratchlm.inference import generate, generate_batch, sample_next
 from scratchlm.inference.sampling import sampling_probs
-from scratchlm.inference.speculative import speculative_generate
+from scratchlm.inference.speculative import SpeculativeDecoder, speculative_generate
 from scratchlm.model import ModelConfig, TransformerLM
 from tests.inference import stats
 
@@ -142,6 +142,29 @@ def test_exactly_max_new_tokens(target, draft):
 def test_reproducible_with_a_seed(target, draft):
     a = speculative_generate(target, draft, [9], 15, k=3, seed=5, top_k=10)
     assert a == speculative_generate(target, draft, [9], 15, k=3, seed=5, top_k=10)
+
+
+def test_a_reused_decoder_equals_fresh_calls(target, draft):
+    """Caches and buffers left by earlier (longer) sequences never leak into a later one."""
+    decoder = SpeculativeDecoder(target, draft, 40, k=3)
+    settings = [dict(temperature=0), dict(seed=4, top_p=0.9), dict(seed=1, temperature=0.7)]
+    for prompt, kw in zip([PROMPTS[2], PROMPTS[1], PROMPTS[0]], settings, strict=True):
+        assert decoder.generate(prompt, 14, **kw) == speculative_generate(target, draft, prompt, 14, k=3, **kw)
+    with pytest.raises(ValueError, match="exceeds this decoder's 40 positions"):
+        decoder.generate([1] * 30, 11)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cuda_graph_rounds_equal_eager_rounds(temperature):
+    """On CUDA each round is a graph replay: the same tokens and statistics as running the rounds eagerly."""
+    target, draft = make_model(0).cuda(), make_model(1, d_model=16, n_layers=1, n_heads=2).cuda()
+    graphed = SpeculativeDecoder(target, draft, 64, k=4)
+    eager = SpeculativeDecoder(target, draft, 64, k=4, cuda_graphs=False)
+    for seed, prompt in enumerate(PROMPTS * 2):
+        assert graphed.generate(prompt, 25, temperature=temperature, seed=seed) == \
+            eager.generate(prompt, 25, temperature=temperature, seed=seed)
+    assert graphed._graphs.graphs  # captured (and replayed: the prompts repeat every round shape)
 
 
 def test_errors(target, draft):

@@ -6,7 +6,7 @@ from scratchlm.inference.engine import Completion, Engine, EngineConfig, Samplin
 from scratchlm.inference.generate import generate_batch
 from scratchlm.inference.kv_cache import KVCache
 from scratchlm.inference.sampling import generate, sample_next
-from scratchlm.inference.speculative import speculative_generate
+from scratchlm.inference.speculative import SpeculativeDecoder, speculative_generate
 
-__all__ = ["Completion", "Engine", "EngineConfig", "KVCache", "SamplingParams", "StepOutput", "generate",
-           "generate_batch", "sample_next", "speculative_generate"]
+__all__ = ["Completion", "Engine", "EngineConfig", "KVCache", "SamplingParams", "SpeculativeDecoder", "StepOutput",
+           "generate", "generate_batch", "sample_next", "speculative_generate"]

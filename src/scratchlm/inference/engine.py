@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from scratchlm.inference.graphs import GraphCache
 from scratchlm.inference.kv_cache import KVCache
 from scratchlm.inference.sampling import check_sampling, mix64, sample_batch
 from scratchlm.inference.text import TextStream
@@ -173,8 +174,7 @@ class Engine:
         # dynamic=False: one compiled step per (batch bucket, sampling features), never a dynamic-shape kernel
         self._decode = (torch.compile(self._decode_step, dynamic=False) if config.compile and on_cuda
                         else self._decode_step)
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (rows, steps, features) -> its burst
-        self._graph_pool = torch.cuda.graph_pool_handle() if config.cuda_graphs and on_cuda else None
+        self._graphs = GraphCache(self.device, config.cuda_graphs)  # one graph per (rows, steps, features) burst
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -281,25 +281,9 @@ class Engine:
         return [self._hand_out(i, tokens[i], logprobs[i]) for i in active]
 
     def _decode_burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
-        """`steps` decode steps of the first `rows` slots into out_tokens / out_logprobs, with no host sync. With
-        CUDA graphs, the first burst of a shape runs for real on a side stream (warming up lazy initialisation:
-        cuBLAS handles, Triton autotuning, compilation) and is then captured; later bursts of that shape are
-        one graph replay. Every tensor a burst reads or writes lives in the engine, so the graphs can share one
-        memory pool for their temporaries."""
-        if self._graph_pool is None:
-            return self._burst(rows, steps, features)
-        key = (rows, steps, features)
-        if key in self._graphs:
-            return self._graphs[key].replay()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._burst(rows, steps, features)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = self._graphs[key] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):  # records the burst without running it
-            self._burst(rows, steps, features)
-        return None
+        """`steps` decode steps of the first `rows` slots into out_tokens / out_logprobs, with no host sync; on
+        CUDA one graph replay per burst shape after its first burst (see scratchlm.inference.graphs)."""
+        self._graphs.run((rows, steps, features), lambda: self._burst(rows, steps, features))
 
     def _burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
         for t in range(steps):

@@ -6,71 +6,33 @@ Decoding at batch 1 is bound by reading the weights, not by arithmetic: a target
 positions costs about as much as over one. Each round runs the draft k times (cheap) and the target once,
 and commits between 1 and k + 1 tokens, so the target runs fewer times than there are tokens.
 
+A round is device work of a fixed shape, so on CUDA it is one graph replay (scratchlm.inference.graphs):
+- the committed tokens live in a device buffer and their count `p` in a device scalar;
+- the draft re-feeds the last two committed tokens (positions p-2, p-1: rewriting a cache slot with the same
+  token is harmless, and it covers both cases of the previous round, a rejection, where only the drawn token
+  is new, and a full acceptance, where the last draft and the bonus token are), then proposes k tokens;
+- the target feeds the last committed token and the k drafts (positions p-1 .. p+k-1);
+- acceptance, the residual draw and the commit (tokens written at p .., p advanced) happen on the device,
+  with counter-based noise (scratchlm.inference.sampling.seeded_uniform): no generator state in the graph.
+The host reads one small tensor per round (this round's tokens) for stop tokens and the length budget.
+
 Rejected draft tokens need no cache rollback: a KVCache slot is a token position and attention masks keys
 by position, so stale slots past the accepted prefix are invisible to every later query and are
-overwritten by the next write at those positions. Each model only tracks how many committed tokens its
-cache holds (`_Stream.fed`).
+overwritten by the next write at those positions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from scratchlm.inference.graphs import GraphCache
 from scratchlm.inference.kv_cache import KVCache
-from scratchlm.inference.sampling import check_sampling, sampling_probs
+from scratchlm.inference.sampling import check_sampling, mix64, sampling_probs, seeded_uniform
 
-
-@dataclass
-class _Stream:
-    """One model decoding the shared sequence: its cache holds the first `fed` committed tokens (slots at
-    and past `fed` may hold rejected drafts; they are overwritten before any query can see them)."""
-
-    model: nn.Module
-    cache: KVCache
-    fed: int = 0
-
-    def feed(self, tokens: Tensor, start: int) -> Tensor:
-        """tokens: (t,) written at positions start..start+t-1 -> logits (t, vocab)."""
-        positions = torch.arange(start, start + tokens.shape[0], device=tokens.device)
-        return self.model(tokens[None], positions, kv_cache=self.cache)[0]
-
-
-def _propose(draft: _Stream, ids: Tensor, n: int, k: int, sampling: dict,
-             generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """k draft tokens after the n committed ids, sampled one by one from the draft: (drafts (k,), q (k, vocab)).
-    The first forward also feeds whatever committed tokens the draft has not seen yet; the last draft token
-    is never fed (nothing needs the draft's prediction after it)."""
-    logits = draft.feed(ids[draft.fed : n], draft.fed)[-1]  # (vocab,)
-    tokens, dists = [], []
-    for i in range(k):
-        dists.append(sampling_probs(logits, **sampling))
-        tokens.append(torch.multinomial(dists[-1], 1, generator=generator))  # (1,), stays on the device
-        if i < k - 1:
-            logits = draft.feed(tokens[-1], n + i)[-1]
-    draft.fed = n + k - 1
-    return torch.cat(tokens), torch.stack(dists)
-
-
-def _verify(p: Tensor, q: Tensor, drafts: Tensor, generator: torch.Generator | None) -> tuple[int, int, list[int]]:
-    """The rejection rule. p: (k+1, vocab) target, q: (k, vocab) draft, drafts: (k,).
-    Accept draft i with probability min(1, p_i(x)/q_i(x)); at the first rejection j draw from
-    norm(max(0, p_j - q_j)); with all k accepted draw the bonus token from p_k. Returns (accepted count j,
-    the drawn token, the drafts) on the host, read back in a single device sync."""
-    k = drafts.shape[0]
-    rows = torch.arange(k, device=p.device)
-    u = torch.rand(k, generator=generator, device=p.device)
-    accepted = (u * q[rows, drafts] < p[rows, drafts]).long().cumprod(0).sum()  # (): length of the accepted run
-    residual = (p[:k] - q).clamp(min=0)  # (k, vocab)
-    # all-zero only when p_j == q_j up to rounding, where rejecting has probability ~0 anyway: draw from p_j then
-    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p[:k])
-    fallback = torch.cat([residual, p[k:]])  # (k+1, vocab): row j is what to draw after accepting j drafts
-    token = torch.multinomial(fallback[accepted], 1, generator=generator)  # (1,); multinomial normalises
-    j, token_id, *draft_ids = torch.cat([accepted[None], token, drafts]).tolist()
-    return j, token_id, draft_ids
+FEED = 2  # committed tokens the draft re-feeds each round
 
 
 def _check_models(target: nn.Module, draft: nn.Module, prompt_len: int, max_new_tokens: int, k: int) -> None:
@@ -87,6 +49,108 @@ def _check_models(target: nn.Module, draft: nn.Module, prompt_len: int, max_new_
                              f"context length {model.config.context_length}")
 
 
+def _draw(probs: Tensor, seed: Tensor, position: Tensor) -> Tensor:
+    """A token ~ probs (vocab,) by Gumbel-max with the noise of (seed, position): (1,) long."""
+    uniform = seeded_uniform(seed.reshape(1), position.reshape(1), probs.shape[-1])[0]  # (vocab,)
+    return (probs.double().log() - torch.log(-torch.log(uniform))).argmax().reshape(1)
+
+
+class SpeculativeDecoder:
+    """Batch-1 speculative decoding of `target` with `draft`, for sequences of up to `max_len` tokens (prompt
+    + new). Holds the caches and, on CUDA, the round graphs, so repeated `generate` calls reuse them."""
+
+    def __init__(self, target: nn.Module, draft: nn.Module, max_len: int, *, k: int = 4, cuda_graphs: bool = True):
+        _check_models(target, draft, 1, max_len - 1, k)
+        self.target, self.draft, self.k, self.max_len = target.eval(), draft.eval(), k, max_len
+        param = next(target.parameters())
+        self.device = device = param.device
+        self.target_cache, self.draft_cache = (KVCache(m.config, 1, max_len, device=device,
+                                                       dtype=next(m.parameters()).dtype) for m in (target, draft))
+        self.ids = torch.zeros(max_len, dtype=torch.long, device=device)  # committed tokens
+        self.p = torch.zeros(1, dtype=torch.long, device=device)  # how many
+        self.accepted = torch.zeros(1, dtype=torch.long, device=device)  # drafts accepted by the last round
+        self.seeds = torch.zeros(3, dtype=torch.long, device=device)  # draft samples, acceptance, target draws
+        self.offsets = torch.arange(k + 1, device=device)
+        self._graphs = GraphCache(device, cuda_graphs)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop_ids: Iterable[int] = ()
+                 ) -> tuple[list[int], dict]:
+        """See `speculative_generate`."""
+        _check_models(self.target, self.draft, len(prompt), max_new_tokens, self.k)
+        if len(prompt) + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds this "
+                             f"decoder's {self.max_len} positions")
+        check_sampling(temperature, top_k, top_p)
+        sampling = (temperature, top_k, top_p)
+        seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+        self.seeds.copy_(mix64(mix64(torch.tensor(seed)) + torch.arange(3)))
+        n = len(prompt)
+        self.ids[:n] = torch.tensor(prompt)
+        self.p.fill_(n)
+        self._prefill(self.target, self.target_cache, prompt[:-1])  # the round feeds the last prompt token
+        self._prefill(self.draft, self.draft_cache, prompt[:-FEED])  # ... and the draft the last two
+        new, stop = [], set(stop_ids)
+        rounds = proposed = accepted = 0
+        while len(new) < max_new_tokens and not (new and new[-1] in stop):
+            k = min(self.k, max_new_tokens - len(new) - 1)  # never commit past max_new_tokens
+            feed = min(FEED, n)
+            self._graphs.run((k, feed, sampling), lambda k=k, feed=feed: self._round(k, feed, sampling))
+            j, *committed = torch.cat([self.accepted, self.ids[n : n + k + 1]]).tolist()  # the round's one sync
+            committed = committed[: j + 1]
+            n += j + 1
+            rounds, proposed, accepted = rounds + 1, proposed + k, accepted + j
+            for t in committed:
+                new.append(t)
+                if t in stop:
+                    break
+        return new, _stats(rounds, proposed, accepted, proposed, len(new))
+
+    def _prefill(self, model: nn.Module, cache: KVCache, tokens: list[int]) -> None:
+        if tokens:
+            positions = torch.arange(len(tokens), device=self.device)
+            model(torch.tensor([tokens], device=self.device), positions, kv_cache=cache, logits=False)
+
+    def _round(self, k: int, feed: int, sampling: tuple[float, int | None, float | None]) -> None:
+        """Propose k drafts, verify them, commit j accepted drafts + 1 target token at p, advance p; device
+        work only, shapes fixed by (k, feed). k = 0: one plain target step."""
+        temperature, top_k, top_p = sampling
+        probs = lambda logits: sampling_probs(logits, temperature, top_k, top_p)  # noqa: E731
+        p, offsets = self.p, self.offsets
+        drafts, q = torch.zeros(0, dtype=torch.long, device=self.device), []
+        if k:
+            positions = p - feed + offsets[:feed]
+            logits = self.draft(self.ids[positions][None], positions, kv_cache=self.draft_cache)[0, -1]
+            tokens = []
+            for i in range(k):
+                q.append(probs(logits))  # (vocab,)
+                tokens.append(_draw(q[-1], self.seeds[0], p + i))
+                if i < k - 1:  # the last draft is never fed: nothing needs the draft's prediction after it
+                    logits = self.draft(tokens[-1][None], p + i, kv_cache=self.draft_cache)[0, -1]
+            drafts = torch.cat(tokens)  # (k,)
+        positions = p - 1 + offsets[: k + 1]
+        target_in = torch.cat([self.ids[p - 1], drafts])[None]  # (1, k + 1)
+        target_p = probs(self.target(target_in, positions, kv_cache=self.target_cache)[0])  # (k + 1, vocab)
+        rows = offsets[:k]
+        if k:
+            draft_q = torch.stack(q)  # (k, vocab)
+            # accept draft i with probability min(1, p_i(x)/q_i(x)): u q < p; j = length of the accepted run
+            u = seeded_uniform(self.seeds[1].expand(k), p + rows, 1)[:, 0]  # (k,)
+            j = (u * draft_q[rows, drafts] < target_p[rows, drafts]).long().cumprod(0).sum()
+            residual = (target_p[:k] - draft_q).clamp(min=0)  # (k, vocab): what to draw after a rejection
+            # all-zero only when p == q up to rounding, where rejecting has probability ~0 anyway: draw from p
+            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, target_p[:k])
+            fallback = torch.cat([residual, target_p[k:]])  # (k + 1, vocab): row j = after accepting j drafts
+        else:
+            j, fallback = torch.zeros((), dtype=torch.long, device=self.device), target_p
+        token = _draw(fallback[j], self.seeds[2], p + j)  # (1,); Gumbel-max needs no normalising
+        # positions p .. p+k: the accepted drafts, then the drawn token (what follows is overwritten later)
+        self.ids[p + offsets[: k + 1]] = torch.where(offsets[: k + 1] < j, torch.cat([drafts, token]), token)
+        self.accepted.copy_(j.reshape(1))
+        self.p.add_(j + 1)
+
+
 def _stats(rounds: int, proposed: int, accepted: int, draft_forwards: int, n_tokens: int) -> dict:
     return {"rounds": rounds, "proposed": proposed, "accepted": accepted,
             "acceptance_rate": accepted / proposed if proposed else 0.0,
@@ -94,7 +158,6 @@ def _stats(rounds: int, proposed: int, accepted: int, draft_forwards: int, n_tok
             "tokens_per_target_forward": n_tokens / rounds if rounds else 0.0}
 
 
-@torch.no_grad()
 def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int], max_new_tokens: int, *, k: int = 4,
                          temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                          seed: int | None = None, stop_ids: Iterable[int] = ()) -> tuple[list[int], dict]:
@@ -105,52 +168,11 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
 
     Both models must be on one device. Each round proposes min(k, tokens still allowed - 1) drafts, so a
     round never commits more than max_new_tokens allows and nothing has to be thrown away at the end; the
-    context therefore needs room for prompt + max_new_tokens only, as in `generate_batch`. Output stops
-    after a token in `stop_ids` (kept). Stats: rounds (= target forwards), proposed and accepted draft
-    tokens, acceptance_rate, draft_forwards, tokens_per_target_forward."""
+    context therefore needs room for prompt + max_new_tokens only. Output stops after a token in `stop_ids`
+    (kept). Stats: rounds (= target forwards), proposed and accepted draft tokens, acceptance_rate,
+    draft_forwards, tokens_per_target_forward. A `SpeculativeDecoder` does the work; keep one to reuse its
+    caches and CUDA graphs across calls."""
     _check_models(target, draft, len(prompt), max_new_tokens, k)
-    check_sampling(temperature, top_k, top_p)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    device = next(target.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    total = len(prompt) + max_new_tokens
-    streams = [_Stream(m, KVCache(m.config, 1, total, device=device, dtype=next(m.parameters()).dtype))
-               for m in (target, draft)]
-    ids = torch.zeros(total, dtype=torch.long, device=device)  # (total,): committed tokens
-    ids[: len(prompt)] = torch.tensor(prompt)
-    modes = [(m, m.training) for m in (target, draft)]
-    for m, _ in modes:
-        m.eval()
-    try:
-        return _decode(*streams, ids, len(prompt), max_new_tokens, k, set(stop_ids), sampling, generator)
-    finally:
-        for m, was_training in modes:
-            m.train(was_training)
-
-
-def _decode(target: _Stream, draft: _Stream, ids: Tensor, n: int, max_new_tokens: int, k: int, stop: set[int],
-            sampling: dict, generator: torch.Generator | None) -> tuple[list[int], dict]:
-    """The round loop, starting from the n prompt ids. Between rounds the target's cache holds every committed
-    token but the last one drawn (before the first round: none, its first forward takes the whole prompt) and
-    the draft's at most as many; each forward first feeds what its model has not seen."""
-    new: list[int] = []
-    rounds = proposed = accepted = draft_forwards = 0
-    while len(new) < max_new_tokens and not (new and new[-1] in stop):
-        k_round = min(k, max_new_tokens - len(new) - 1)
-        drafts = torch.zeros(0, dtype=torch.long, device=ids.device)
-        q = torch.zeros(0, target.model.config.vocab_size, device=ids.device)
-        if k_round:
-            drafts, q = _propose(draft, ids, n, k_round, sampling, generator)  # (k_round,), (k_round, vocab)
-            draft_forwards += k_round
-        logits = target.feed(torch.cat([ids[target.fed : n], drafts]), target.fed)[-(k_round + 1):]
-        j, token, draft_ids = _verify(sampling_probs(logits, **sampling), q, drafts, generator)
-        committed = draft_ids[:j] + [token]
-        ids[n : n + j + 1] = torch.tensor(committed)
-        target.fed, draft.fed = n + j, min(draft.fed, n + j)  # the drawn token is fed next round
-        n += j + 1
-        rounds, proposed, accepted = rounds + 1, proposed + k_round, accepted + j
-        for t in committed:
-            new.append(t)
-            if t in stop:
-                break
-    return new, _stats(rounds, proposed, accepted, draft_forwards, len(new))
+    decoder = SpeculativeDecoder(target, draft, len(prompt) + max_new_tokens, k=k)
+    return decoder.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            stop_ids=stop_ids)

@@ -1,0 +1,44 @@
+"""Replaying fixed-shape device work as CUDA graphs, one graph per key.
+
+A decode step launches hundreds of small kernels; on a slow host their launches, not the GPU, set the pace.
+Captured once as a CUDA graph, the same work is one `replay()`. The first call of a key runs the function for
+real on a side stream (warming up what initialises lazily: cuBLAS handles, Triton autotuning, compilation),
+then captures it; every later call of that key replays the graph. Off CUDA, or disabled, calls just run.
+
+The function must read and write only tensors that outlive its graphs (allocated by the caller: caches,
+state, output buffers) and must not sync with the host. Its temporaries come from one memory pool shared by
+all graphs of a `GraphCache`, which is safe because they are replayed one at a time and none leaves a live
+temporary behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import torch
+
+
+class GraphCache:
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device = device
+        self.enabled = enabled and device.type == "cuda"
+        self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.enabled else None
+
+    def run(self, key: Hashable, fn: Callable[[], None]) -> None:
+        """fn() (its effect, not a result), replayed from the graph of `key` after its first call."""
+        if not self.enabled:
+            fn()
+            return
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = self.graphs[key] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):  # records fn's kernels without running them
+            fn()
