@@ -10,7 +10,7 @@ values, but speculative acceptance does, see below), in one process, same weight
 - copy bandwidth: a large device-to-device copy, (read + written bytes) / time;
 - decode at batch 1: tokens/s after the first token, vs the memory-bandwidth bound = copy bandwidth /
   (weight bytes + the KV bytes a token must read at the mean context): eager, and on CUDA with CUDA graphs
-  and compiled + CUDA graphs;
+  (with our one-row GEMV and, as "graphs-cublas", without it) and compiled + CUDA graphs;
 - end-to-end generation at batch 1, 8, 32, 128 (prompt --prompt-len random tokens, --new-tokens greedy
   tokens each, prefill included): ours (`Engine` in --batch-mode, one slot per sequence) vs `LlamaForCausalLM.generate`
   from our weights (scratchlm.export's mapping), tokens generated per second and the ratio;
@@ -27,12 +27,13 @@ trained checkpoints: inference_trained.*; or --results-name).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -55,6 +56,18 @@ from scratchlm.train import TrainConfig  # noqa: E402
 from scratchlm.train.checkpoint import load_trained_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+@contextlib.contextmanager
+def gemv_enabled(on: bool) -> Iterator[None]:
+    """scratchlm.kernels.gemv on or off (where it exists: CUDA with Triton; elsewhere nothing to switch)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    from scratchlm.kernels.gemv import enabled
+
+    with enabled(on):
+        yield
 
 
 def sync(device: torch.device) -> None:
@@ -84,9 +97,10 @@ def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
 
 # -- ours -------------------------------------------------------------------------------------------------
 
-# EngineConfig per mode; "kernels" (compiled, no graphs) is what --profile traces: graphs would hide the kernels
-MODES = {"eager": dict(cuda_graphs=False), "graphs": dict(), "compiled": dict(compile=True),
-         "kernels": dict(compile=True, cuda_graphs=False)}
+# Engine modes: EngineConfig settings, and whether one-row matmuls use our Triton GEMV ("-cublas": the A/B).
+# "kernels" (compiled, no graphs) is what --profile traces: graphs would hide the kernels.
+MODES = {"eager": (dict(cuda_graphs=False), True), "graphs": ({}, True), "graphs-cublas": ({}, False),
+         "compiled": (dict(compile=True), True), "kernels": (dict(compile=True, cuda_graphs=False), True)}
 
 
 class Ours:
@@ -99,11 +113,16 @@ class Ours:
                  temperature: float = 0.0) -> Callable[[], object]:
         """Generation of `new_tokens` per prompt (prefill included; greedy by default), one slot per prompt."""
         key = (len(prompts), mode)
+        settings, use_gemv = MODES[mode]
         if key not in self.engines:
-            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, **MODES[mode])
+            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, **settings)
             self.engines[key] = Engine(self.model, config)
         engine, params = self.engines[key], SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=0)
-        return lambda: engine.generate(prompts, params)
+
+        def run() -> object:
+            with gemv_enabled(use_gemv):
+                return engine.generate(prompts, params)
+        return run
 
     def decode_rate(self, prompt: list[int], new_tokens: int, device: torch.device, repeats: int, mode: str) -> dict:
         """Batch-1 decode tokens/s after the first token: (n - 1) / (time(n tokens) - time(1 token))."""
@@ -193,7 +212,8 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     prompt = prompts(1, args.prompt_len)[0].tolist()
     # 1) batch-1 decode vs the bandwidth bound: eager, CUDA graphs, compiled + CUDA graphs
     bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
-    modes = ["eager"] + (["graphs"] + ([] if args.no_compile else ["compiled"]) if device.type == "cuda" else [])
+    modes = ["eager"] + (["graphs", "graphs-cublas"] + ([] if args.no_compile else ["compiled"])
+                         if device.type == "cuda" else [])
     ours = Ours(model, args.prompt_len + args.new_tokens)
     result["decode"] = {}
     for mode in modes:

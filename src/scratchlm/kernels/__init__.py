@@ -6,6 +6,8 @@
     scratchlm.kernels.flash_reference  the same FlashAttention-2 algorithm, tiled, in PyTorch (CPU-runnable)
     scratchlm.kernels.decode_attention one query per row against its KV-cache row (`decode_attention`), what
                                        the "flash" backend runs for decode steps
+    scratchlm.kernels.gemv             one row times a weight matrix (`gemv`), what Linear runs for batch-1
+                                       decoding
 
 Importing this package does not import Triton; the kernel modules do. Kernels run on CUDA tensors, or on CPU
 tensors when TRITON_INTERPRET=1 was set before the kernel module was imported (Triton reads it when it

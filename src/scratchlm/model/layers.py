@@ -20,9 +20,27 @@ def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
 
+GemvFns = tuple[Callable[[Tensor, Tensor], bool], Callable[[Tensor, Tensor], Tensor]]
+
+
+def _gemv_functions() -> GemvFns | None:
+    """(applies, gemv) of scratchlm.kernels.gemv when there is a GPU and Triton imports, else None. Imported at
+    model build (an import inside a torch.compile'd forward would break the graph); functions, not the module,
+    so that models still deep-copy."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        module = importlib.import_module("scratchlm.kernels.gemv")
+    except ImportError:
+        return None
+    return module.applies, module.gemv
+
+
 class Linear(nn.Module):
     """y = x W^T, no bias. W: (d_out, d_in), initialised N(0, std^2) truncated at 3 std, std = sqrt(2/(d_in + d_out))
-    unless given. `row_splits` marks a fused layer: W is the row-wise stack of matrices of these heights."""
+    unless given. `row_splits` marks a fused layer: W is the row-wise stack of matrices of these heights.
+    A single half-precision row on CUDA under no_grad (batch-1 decoding) goes through the Triton GEMV
+    (scratchlm.kernels.gemv); everything else is a matmul."""
 
     def __init__(self, d_in: int, d_out: int, std: float | None = None, row_splits: tuple[int, ...] | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -33,6 +51,7 @@ class Linear(nn.Module):
             raise ValueError(f"row_splits {row_splits} must add up to d_out = {d_out}")
         self.row_splits = row_splits
         self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        self.gemv = _gemv_functions()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -44,6 +63,8 @@ class Linear(nn.Module):
             self.weight.row_splits = self.row_splits
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
+        if self.gemv is not None and self.gemv[0](x, self.weight):
+            return self.gemv[1](x, self.weight)
         return x @ self.weight.T
 
     def extra_repr(self) -> str:
