@@ -7,8 +7,9 @@ programs for 132 SMs) and reached about a quarter of the copy bandwidth on GPT-2
 per SM whatever N, and streams its rows of W (contiguous: W is (N, K) row-major) in BLOCK_K chunks against
 the row x, accumulating in float32.
 
-Used by `scratchlm.model.layers.Linear` for one-row inputs on CUDA under no_grad (decoding); `enabled(False)`
-turns it off (A/B measurements: benchmarks/inference.py).
+Used by `scratchlm.model.layers.Linear` for one-row inputs on CUDA under no_grad (decoding) inside
+`enabled(True)`. Off by default until a GPU measurement shows it beating cuBLAS (benchmarks/inference.py's
+`graphs-gemv` mode is the A/B); the tests check it against float64 everywhere.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ TILE = 4096  # elements of W per loop step and program: BLOCK_N x BLOCK_K
 PROGRAMS_PER_SM = 2
 DTYPES = (torch.float16, torch.bfloat16)  # where a row is worth a kernel of its own (float32: tests only)
 
-_enabled = True
+_enabled = False  # see the module docstring
 
 
 @contextmanager
 def enabled(on: bool) -> Iterator[None]:
-    """Use (True) or bypass (False) the kernel in Linear within the block; graphs captured inside keep it."""
+    """Use (True) or bypass (False) the kernel in Linear within the block; CUDA graphs and compiled code made
+    inside keep the choice."""
     global _enabled
     previous, _enabled = _enabled, on
     try:

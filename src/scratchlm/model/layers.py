@@ -39,8 +39,8 @@ def _gemv_functions() -> GemvFns | None:
 class Linear(nn.Module):
     """y = x W^T, no bias. W: (d_out, d_in), initialised N(0, std^2) truncated at 3 std, std = sqrt(2/(d_in + d_out))
     unless given. `row_splits` marks a fused layer: W is the row-wise stack of matrices of these heights.
-    A single half-precision row on CUDA under no_grad (batch-1 decoding) goes through the Triton GEMV
-    (scratchlm.kernels.gemv); everything else is a matmul."""
+    With the Triton GEMV switched on (scratchlm.kernels.gemv.enabled), a single half-precision row on CUDA under
+    no_grad (batch-1 decoding) goes through it; everything else is a matmul."""
 
     def __init__(self, d_in: int, d_out: int, std: float | None = None, row_splits: tuple[int, ...] | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
