@@ -148,6 +148,28 @@ def test_logprobs_equal_full_recompute():
         processed = filtered_logits(apply_repetition_penalty(logits, seen, 1.4), 0.8, 12, 0.9)
         expected = torch.log_softmax(processed, -1).gather(-1, chosen)[:, 0]
         torch.testing.assert_close(torch.tensor(o.sampling_logprobs, dtype=torch.float64), expected, rtol=0, atol=1e-10)
+
+
+def test_top_logprobs_are_the_model_top_n():
+    """Each token's alternatives: the n most likely tokens under the model (raw logits) with their log-probs, best
+    first, n per request (0: none) in one batch; more than the engine holds is refused."""
+    model = make_model()
+    engine = Engine(model, EngineConfig(max_slots=3, sync_every=4, max_top_logprobs=6))
+    wanted = [5, 0, 2]
+    params = [SamplingParams(max_tokens=7, seed=i, temperature=0.9, top_logprobs=n) for i, n in enumerate(wanted)]
+    for prompt, n, o in zip(PROMPTS[:3], wanted, engine.generate(PROMPTS[:3], params), strict=True):
+        assert len(o.top_logprobs) == (len(o.token_ids) if n else 0)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + o.token_ids]))[0, len(prompt) - 1 : -1]
+        top = torch.log_softmax(logits, -1).topk(max(n, 1), dim=-1)
+        for i, alternatives in enumerate(o.top_logprobs):
+            assert [t for t, _ in alternatives] == top.indices[i].tolist()
+            torch.testing.assert_close(torch.tensor([lp for _, lp in alternatives], dtype=torch.float64),
+                                       top.values[i], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="exceeds this engine's 6"):
+        engine.add_request([1], SamplingParams(top_logprobs=7))
+    with pytest.raises(ValueError, match="top_logprobs must be >= 0"):
+        SamplingParams(top_logprobs=-1)
     greedy = Engine(model).generate([PROMPTS[0]], SamplingParams(max_tokens=3, temperature=0))[0]
     assert greedy.sampling_logprobs == [0.0, 0.0, 0.0] and all(lp < 0 for lp in greedy.logprobs)
 

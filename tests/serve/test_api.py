@@ -45,6 +45,28 @@ def test_completions_and_logprobs(server):
     assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
 
 
+def test_top_logprobs_completions_and_chat(server):
+    """Alternatives per position, best first; under greedy decoding the chosen token is the first of them."""
+    url, _, tok = server
+    response = client(url).completions.create(model="tiny", prompt="The dog", max_tokens=8, temperature=0, logprobs=3)
+    lp = response.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) == len(lp.token_logprobs)
+    for token, chosen, alternatives in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        values = list(alternatives.values())
+        assert 1 <= len(alternatives) <= 3 and values == sorted(values, reverse=True)
+        assert alternatives.get(token) == pytest.approx(chosen) and values[0] == pytest.approx(chosen)
+    chat = client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    for entry in chat.choices[0].logprobs.content:
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert bytes(entry.top_logprobs[1].bytes).decode("utf-8", "replace") == entry.top_logprobs[1].token
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+        "model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+
+
 def test_chat_plain_and_streamed_agree(server):
     url, model, tok = server
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about the dog."}]
@@ -90,6 +112,7 @@ def test_models_health_and_page(server):
     ({"model": "tiny", "prompt": "x" * 100_000}, 400, "prompt"),  # refused before encoding
     ({"model": "tiny", "prompt": "hi", "max_tokens": 500}, 400, "max_tokens"),  # beyond the context
     ({"model": "tiny", "prompt": [1, 2, 99999]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "logprobs": 6}, 400, "logprobs"),  # OpenAI's limit: 5
     ({"model": "other", "prompt": "hi"}, 404, "model"),
 ])
 def test_bad_completion_requests_get_json_errors(server, body, status, param):

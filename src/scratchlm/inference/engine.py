@@ -53,11 +53,14 @@ class EngineConfig:
     prefill_tokens: int = 16384  # prompts prefilled together: at most this many (padded) tokens per forward
     cuda_graphs: bool = True  # CUDA: replay each decode burst as one CUDA graph (no per-kernel launch cost)
     compile: bool = False  # CUDA: torch.compile the decode step first (fused kernels; minutes of compiling)
+    max_top_logprobs: int = 20  # most alternatives a request may ask for (SamplingParams.top_logprobs)
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "sync_every", "prefill_chunk", "prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_top_logprobs < 0:
+            raise ValueError(f"max_top_logprobs must be >= 0, got {self.max_top_logprobs}")
         if self.max_len is not None and self.max_len < 2:
             raise ValueError(f"max_len must be >= 2 (a prompt token and a new one), got {self.max_len}")
 
@@ -72,10 +75,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings (need the engine's tokenizer); cut from the text
     stop_token_ids: tuple[int, ...] = ()  # kept as the last token, not in the text
     seed: int | None = None  # None: drawn from torch's global generator when the request is added
+    top_logprobs: int = 0  # also return the N most likely tokens at each position, with their log-probs
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
         check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
         self.stop, self.stop_token_ids = tuple(self.stop), tuple(self.stop_token_ids)
         if any(not s for s in self.stop):
@@ -85,7 +91,8 @@ class SamplingParams:
 @dataclass
 class StepOutput:
     """What one step added to one request. logprobs: the model's (log_softmax of the raw logits at the token);
-    sampling_logprobs: under the processed distribution the token was drawn from (0 when greedy)."""
+    sampling_logprobs: under the processed distribution the token was drawn from (0 when greedy);
+    top_logprobs: per token, the request's `top_logprobs` most likely (token id, model log-prob), best first."""
 
     request_id: int
     token_ids: list[int]
@@ -93,6 +100,7 @@ class StepOutput:
     sampling_logprobs: list[float]
     text: str  # new text safe to show ("" without a tokenizer)
     finish_reason: str | None = None  # "stop", "length" or "abort" once the request ended
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -110,11 +118,13 @@ class Completion:
     sampling_logprobs: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def add(self, out: StepOutput) -> None:
         self.token_ids += out.token_ids
         self.logprobs += out.logprobs
         self.sampling_logprobs += out.sampling_logprobs
+        self.top_logprobs += out.top_logprobs
         self.text += out.text
         self.finish_reason = out.finish_reason
 
@@ -165,6 +175,9 @@ class Engine:
         # a burst's results: token, model log-prob, sampling log-prob per slot and step
         self.out_tokens = torch.zeros(slots, config.sync_every, dtype=torch.long, device=device)
         self.out_logprobs = torch.zeros(slots, config.sync_every, 2, dtype=wide, device=device)
+        top = min(config.max_top_logprobs, self.vocab_size)  # alternatives: ids and log-probs
+        self.out_top_ids = torch.zeros(slots, config.sync_every, top, dtype=torch.long, device=device)
+        self.out_top_logprobs = torch.zeros(slots, config.sync_every, top, dtype=wide, device=device)
         self.slots: list[_Sequence | None] = [None] * slots
         self.waiting: deque[_Sequence] = deque()
         self._next_id = 0
@@ -202,6 +215,9 @@ class Engine:
                              f"engine's {self.max_len} positions per sequence")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need an engine with a tokenizer")
+        if params.top_logprobs > self.out_top_ids.shape[-1]:
+            raise ValueError(f"top_logprobs {params.top_logprobs} exceeds this engine's "
+                             f"{self.out_top_ids.shape[-1]} (EngineConfig.max_top_logprobs)")
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()))
         text = TextStream(self.tokenizer.decode_bytes, params.stop) if self.tokenizer is not None else None
         request_id, self._next_id = self._next_id, self._next_id + 1
@@ -274,28 +290,36 @@ class Engine:
         steps = min(self.config.sync_every, *(s.params.max_tokens - s.generated for s in seqs))
         features = (any(s.params.top_k is not None or s.params.top_p is not None for s in seqs),  # filtered
                     any(s.params.temperature > 0 for s in seqs),  # sampled
-                    any(s.params.repetition_penalty != 1 for s in seqs))  # penalized
+                    any(s.params.repetition_penalty != 1 for s in seqs),  # penalized
+                    any(s.params.top_logprobs > 0 for s in seqs))  # alternatives wanted
         self._decode_burst(rows, steps, features)  # 2)
-        tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the one read-back of the burst
+        tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the read-back of the burst
         logprobs = self.out_logprobs[:rows, :steps].tolist()
-        return [self._hand_out(i, tokens[i], logprobs[i]) for i in active]
+        top = ([], [])
+        if features[3]:
+            top = (self.out_top_ids[:rows, :steps].tolist(), self.out_top_logprobs[:rows, :steps].tolist())
+        return [self._hand_out(i, tokens[i], logprobs[i], [t[i] for t in top] if features[3] else None)
+                for i in active]
 
-    def _decode_burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
+    def _decode_burst(self, rows: int, steps: int, features: tuple[bool, bool, bool, bool]) -> None:
         """`steps` decode steps of the first `rows` slots into out_tokens / out_logprobs, with no host sync; on
         CUDA one graph replay per burst shape after its first burst (see scratchlm.inference.graphs)."""
         self._graphs.run((rows, steps, features), lambda: self._burst(rows, steps, features))
 
-    def _burst(self, rows: int, steps: int, features: tuple[bool, bool, bool]) -> None:
+    def _burst(self, rows: int, steps: int, features: tuple[bool, bool, bool, bool]) -> None:
         for t in range(steps):
-            tokens, model_logprob, sampling_logprob = self._decode(rows, *features)
+            tokens, model_logprob, sampling_logprob, top = self._decode(rows, *features)
             self.out_tokens[:rows, t] = tokens
             self.out_logprobs[:rows, t, 0] = model_logprob
             self.out_logprobs[:rows, t, 1] = sampling_logprob
+            if top is not None:
+                self.out_top_logprobs[:rows, t], self.out_top_ids[:rows, t] = top
 
-    def _decode_step(self, rows: int, filtered: bool, sampled: bool, penalized: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _decode_step(self, rows: int, filtered: bool, sampled: bool, penalized: bool,
+                     alternatives: bool = False) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """Feed each of the first `rows` slots its next token, sample the following one, advance (the flags: see
-        `sample_batch`). Free slots in the prefix decode junk into their own (unused) cache rows; positions are
-        clamped inside the cache."""
+        `sample_batch`; `alternatives`: also the top max_top_logprobs model log-probs and their ids). Free slots
+        in the prefix decode junk into their own (unused) cache rows; positions are clamped inside the cache."""
         ids, positions = self.ids[:rows], self.positions[:rows]
         logits = self.model(ids[:, None], positions[:, None], kv_cache=self.cache)[:, -1]  # (rows, vocab)
         logits = logits.to(compute_dtype(logits.dtype))
@@ -303,10 +327,11 @@ class Engine:
             logits, self.seen[:rows], self.temperature[:rows], self.top_k[:rows], self.top_p[:rows],
             self.penalty[:rows], self.seeds[:rows], positions + 1, filtered=filtered, sampled=sampled,
             penalized=penalized)
+        top = torch.log_softmax(logits, dim=-1).topk(self.out_top_ids.shape[-1], dim=-1) if alternatives else None
         self.seen[:rows].scatter_(1, tokens[:, None], True)
         ids.copy_(tokens)
         positions.copy_((positions + 1).clamp(max=self.max_len - 1))
-        return tokens, model_logprob, sampling_logprob
+        return tokens, model_logprob, sampling_logprob, None if top is None else (top.values, top.indices)
 
     def _admit(self) -> None:
         """Give waiting requests the free slots (lowest first: the decode batch stays a short prefix), set their
@@ -364,15 +389,20 @@ class Engine:
             self.model(tokens[:, start:stop], torch.arange(start, stop, device=self.device),
                        kv_cache=self.cache.rows(slots, stop), logits=False)
 
-    def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]]) -> StepOutput:
-        """Give a slot's burst to its sequence up to where it ends; free the slot if it ended."""
+    def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]],
+                  top: list[list[list]] | None) -> StepOutput:
+        """Give a slot's burst to its sequence up to where it ends; free the slot if it ended. top: the burst's
+        (ids, log-probs) of the alternatives, each (steps, max_top_logprobs), when any slot asked for them."""
         seq = self.slots[slot]
         out = StepOutput(seq.request_id, [], [], [], "")
-        for token, (model_logprob, sampling_logprob) in zip(tokens, logprobs):
+        n_top = seq.params.top_logprobs
+        for step, (token, (model_logprob, sampling_logprob)) in enumerate(zip(tokens, logprobs)):
             seq.generated += 1
             out.token_ids.append(token)
             out.logprobs.append(model_logprob)
             out.sampling_logprobs.append(sampling_logprob)
+            if n_top:
+                out.top_logprobs.append(list(zip(top[0][step][:n_top], top[1][step][:n_top])))
             if token in seq.params.stop_token_ids or (seq.text is not None and seq.text.push(token)):
                 out.finish_reason = "stop"
             elif seq.generated == seq.params.max_tokens:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -100,8 +100,9 @@ def create_app(worker: EngineWorker, tokenizer: Tokenizer, config: ServeConfig) 
             prompt = service.encode(body.prompt, "prompt")
         else:
             prompt = service.check_ids(body.prompt)
-        params = service.params(body, len(prompt), body.max_tokens, extra_stop=(), param="prompt")
-        return await service.respond(body, prompt, params, _CompletionFormat(service, body.logprobs is not None))
+        params = service.params(body, len(prompt), body.max_tokens, extra_stop=(), param="prompt",
+                                top_logprobs=body.logprobs or 0)
+        return await service.respond(body, prompt, params, _CompletionFormat(service, body.logprobs))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest) -> Any:
@@ -111,7 +112,10 @@ def create_app(worker: EngineWorker, tokenizer: Tokenizer, config: ServeConfig) 
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         prompt = service.encode(text, "messages")
-        params = service.params(body, len(prompt), body.max_completion_tokens or body.max_tokens, stop, "messages")
+        if body.top_logprobs and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        params = service.params(body, len(prompt), body.max_completion_tokens or body.max_tokens, stop, "messages",
+                                top_logprobs=body.top_logprobs or 0)
         return await service.respond(body, prompt, params, _ChatFormat(service, body.logprobs))
 
     return app
@@ -174,7 +178,7 @@ class _Service:
         return ids
 
     def params(self, body: SamplingFields, prompt_len: int, max_tokens: int | None, extra_stop: tuple[str, ...],
-               param: str) -> SamplingParams:
+               param: str, top_logprobs: int = 0) -> SamplingParams:
         room = self.max_len - prompt_len
         requested = max_tokens if max_tokens is not None else room
         if room < 1 or requested > room:
@@ -190,7 +194,7 @@ class _Service:
             raise APIError(400, "stream=true supports n=1 only", param="n")
         return SamplingParams(max_tokens=requested, temperature=body.temperature, top_k=body.top_k,
                               top_p=body.top_p if body.top_p < 1 else None, repetition_penalty=body.repetition_penalty,
-                              stop=tuple(stop) + tuple(extra_stop), seed=body.seed,
+                              stop=tuple(stop) + tuple(extra_stop), seed=body.seed, top_logprobs=top_logprobs,
                               stop_token_ids=() if self.eot is None else (self.eot,))
 
     def token_text(self, token: int) -> str:
@@ -265,26 +269,26 @@ class _Service:
 class _CompletionFormat:
     prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
 
-    def __init__(self, service: _Service, logprobs: bool):
-        self.service, self.logprobs = service, logprobs
+    def __init__(self, service: _Service, logprobs: int | None):
+        self.service, self.logprobs = service, logprobs is not None
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float], offset: int = 0) -> dict | None:
+    def _logprobs(self, out: Completion | StepOutput) -> dict | None:
         if not self.logprobs:
             return None
-        tokens = [self.service.token_text(t) for t in token_ids]
-        offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
-        return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+        text = self.service.token_text
+        tokens = [text(t) for t in out.token_ids]
+        offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        top = [{text(t): lp for t, lp in alternatives} for alternatives in out.top_logprobs] or None
+        return {"tokens": tokens, "token_logprobs": out.logprobs, "top_logprobs": top, "text_offset": offsets}
 
     def choice(self, index: int, c: Completion) -> dict:
-        return {"index": index, "text": c.text, "logprobs": self._logprobs(c.token_ids, c.logprobs),
-                "finish_reason": c.finish_reason}
+        return {"index": index, "text": c.text, "logprobs": self._logprobs(c), "finish_reason": c.finish_reason}
 
     def opening(self) -> list[dict]:
         return []
 
     def delta(self, out: StepOutput) -> dict:
-        return {"index": 0, "text": out.text, "logprobs": self._logprobs(out.token_ids, out.logprobs),
-                "finish_reason": None}
+        return {"index": 0, "text": out.text, "logprobs": self._logprobs(out), "finish_reason": None}
 
     def closing(self, reason: str) -> dict:
         return {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
@@ -296,22 +300,26 @@ class _ChatFormat:
     def __init__(self, service: _Service, logprobs: bool):
         self.service, self.logprobs = service, logprobs
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float]) -> dict | None:
+    def _entry(self, token: int, logprob: float) -> dict:
+        return {"token": self.service.token_text(token), "logprob": logprob,
+                "bytes": list(self.service.tokenizer.decode_bytes([token]))}
+
+    def _logprobs(self, out: Completion | StepOutput) -> dict | None:
         if not self.logprobs:
             return None
-        text: Callable[[int], str] = self.service.token_text
-        return {"content": [{"token": text(t), "logprob": lp, "bytes": list(self.service.tokenizer.decode_bytes([t])),
-                             "top_logprobs": []} for t, lp in zip(token_ids, logprobs)]}
+        alternatives = out.top_logprobs or [[] for _ in out.token_ids]
+        return {"content": [{**self._entry(t, lp), "top_logprobs": [self._entry(a, alp) for a, alp in top]}
+                            for t, lp, top in zip(out.token_ids, out.logprobs, alternatives, strict=True)]}
 
     def choice(self, index: int, c: Completion) -> dict:
         return {"index": index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": self._logprobs(c.token_ids, c.logprobs), "finish_reason": c.finish_reason}
+                "logprobs": self._logprobs(c), "finish_reason": c.finish_reason}
 
     def opening(self) -> list[dict]:
         return [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
 
     def delta(self, out: StepOutput) -> dict:
-        return {"index": 0, "delta": {"content": out.text}, "logprobs": self._logprobs(out.token_ids, out.logprobs),
+        return {"index": 0, "delta": {"content": out.text}, "logprobs": self._logprobs(out),
                 "finish_reason": None}
 
     def closing(self, reason: str) -> dict:

@@ -35,7 +35,8 @@ class SamplingFields(Strict):
 class CompletionRequest(SamplingFields):
     prompt: str | list[int]
     max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=0, description="0: the chosen tokens' log-probabilities")
+    logprobs: int | None = Field(None, ge=0, le=5, description="the chosen tokens' log-probabilities and, per "
+                                 "position, this many most likely alternatives (0-5)")
 
 
 class ChatMessage(Strict):
@@ -49,4 +50,5 @@ class ChatRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)  # None: what is left of the context
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=0, description="alternatives are not returned")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: this many most likely "
+                                     "alternatives per position (0-20)")
