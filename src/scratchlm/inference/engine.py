@@ -295,10 +295,10 @@ class Engine:
         self._decode_burst(rows, steps, features)  # 2)
         tokens = self.out_tokens[:rows, :steps].tolist()  # 3) the read-back of the burst
         logprobs = self.out_logprobs[:rows, :steps].tolist()
-        top = ([], [])
+        top = None
         if features[3]:
             top = (self.out_top_ids[:rows, :steps].tolist(), self.out_top_logprobs[:rows, :steps].tolist())
-        return [self._hand_out(i, tokens[i], logprobs[i], [t[i] for t in top] if features[3] else None)
+        return [self._hand_out(i, tokens[i], logprobs[i], None if top is None else (top[0][i], top[1][i]))
                 for i in active]
 
     def _decode_burst(self, rows: int, steps: int, features: tuple[bool, bool, bool, bool]) -> None:
@@ -390,7 +390,7 @@ class Engine:
                        kv_cache=self.cache.rows(slots, stop), logits=False)
 
     def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]],
-                  top: list[list[list]] | None) -> StepOutput:
+                  top: tuple[list[list[int]], list[list[float]]] | None) -> StepOutput:
         """Give a slot's burst to its sequence up to where it ends; free the slot if it ended. top: the burst's
         (ids, log-probs) of the alternatives, each (steps, max_top_logprobs), when any slot asked for them."""
         seq = self.slots[slot]
