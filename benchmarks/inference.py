@@ -180,7 +180,7 @@ def profile_decode(ours: Ours, prompt: list[int], args: argparse.Namespace, devi
     run()  # compile and warm up outside the profile
     prof = profile_steps(run, 1, device)
     ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
-    total = sum(op["us"] for op in top_ops(prof, device, rows=10**6, per=args.new_tokens))
+    total = sum(op["us"] for op in top_ops(prof, device, rows=None, per=args.new_tokens))
     for op in ops:
         log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
     return {"mode": "compiled, no CUDA graphs" if device.type == "cuda" else "eager", "us_per_token": total, "ops": ops}

@@ -115,6 +115,12 @@ def seeded_uniform(seeds: Tensor, positions: Tensor, vocab_size: int) -> Tensor:
     return (bits.double() + 0.5) * 2.0**-53
 
 
+def gumbel_noise(seeds: Tensor, positions: Tensor, vocab_size: int) -> Tensor:
+    """seeds, positions: (rows,) int64 -> (rows, vocab) float64 standard Gumbel noise, a pure function of (seed,
+    position, token id): argmax(log p + noise) is a draw from p (Gumbel-max)."""
+    return -torch.log(-torch.log(seeded_uniform(seeds, positions, vocab_size)))
+
+
 def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, penalty: Tensor,
                  seeds: Tensor, positions: Tensor, *, filtered: bool = True, sampled: bool = True,
                  penalized: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,8 +144,7 @@ def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tenso
     greedy = temperature == 0  # (rows, 1)
     processed = filtered_logits(penalized_logits, torch.where(greedy, 1.0, temperature),
                                 top_k if filtered else None, top_p if filtered else None)
-    gumbel = -torch.log(-torch.log(seeded_uniform(seeds, positions, logits.shape[-1])))  # (rows, vocab)
-    drawn = (processed + gumbel).argmax(dim=-1)  # Gumbel-max: argmax(log p + G) ~ p
+    drawn = (processed + gumbel_noise(seeds, positions, logits.shape[-1])).argmax(dim=-1)  # Gumbel-max: ~ p
     tokens = torch.where(greedy[:, 0], greedy_tokens, drawn)  # (rows,)
     sampling_logprob = torch.log_softmax(processed, dim=-1).gather(-1, tokens[:, None])[:, 0]
     model_logprob = model_logprobs.gather(-1, tokens[:, None])[:, 0]

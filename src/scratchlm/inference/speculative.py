@@ -30,29 +30,27 @@ from torch import Tensor, nn
 
 from scratchlm.inference.graphs import GraphCache
 from scratchlm.inference.kv_cache import KVCache
-from scratchlm.inference.sampling import check_sampling, mix64, sampling_probs, seeded_uniform
+from scratchlm.inference.sampling import check_sampling, gumbel_noise, mix64, sampling_probs, seeded_uniform
 
 FEED = 2  # committed tokens the draft re-feeds each round
 
 
-def _check_models(target: nn.Module, draft: nn.Module, prompt_len: int, max_new_tokens: int, k: int) -> None:
-    if prompt_len == 0:
-        raise ValueError("the prompt must hold at least one token")
+def _check_pair(target: nn.Module, draft: nn.Module, k: int, max_len: int) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"target and draft vocabularies differ ({target.config.vocab_size} vs "
                          f"{draft.config.vocab_size} tokens): speculative decoding compares their distributions")
     for name, model in (("target", target), ("draft", draft)):
-        if prompt_len + max_new_tokens > model.config.context_length:
-            raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the {name}'s "
-                             f"context length {model.config.context_length}")
+        if max_len > model.config.context_length:
+            raise ValueError(f"prompt + max_new_tokens ({max_len} positions) exceeds the {name}'s context length "
+                             f"{model.config.context_length}")
 
 
 def _draw(probs: Tensor, seed: Tensor, position: Tensor) -> Tensor:
     """A token ~ probs (vocab,) by Gumbel-max with the noise of (seed, position): (1,) long."""
-    uniform = seeded_uniform(seed.reshape(1), position.reshape(1), probs.shape[-1])[0]  # (vocab,)
-    return (probs.double().log() - torch.log(-torch.log(uniform))).argmax().reshape(1)
+    noise = gumbel_noise(seed.reshape(1), position.reshape(1), probs.shape[-1])[0]  # (vocab,)
+    return (probs.double().log() + noise).argmax().reshape(1)
 
 
 class SpeculativeDecoder:
@@ -60,7 +58,7 @@ class SpeculativeDecoder:
     + new). Holds the caches and, on CUDA, the round graphs, so repeated `generate` calls reuse them."""
 
     def __init__(self, target: nn.Module, draft: nn.Module, max_len: int, *, k: int = 4, cuda_graphs: bool = True):
-        _check_models(target, draft, 1, max_len - 1, k)
+        _check_pair(target, draft, k, max_len)
         self.target, self.draft, self.k, self.max_len = target.eval(), draft.eval(), k, max_len
         param = next(target.parameters())
         self.device = device = param.device
@@ -78,7 +76,8 @@ class SpeculativeDecoder:
                  top_p: float | None = None, seed: int | None = None, stop_ids: Iterable[int] = ()
                  ) -> tuple[list[int], dict]:
         """See `speculative_generate`."""
-        _check_models(self.target, self.draft, len(prompt), max_new_tokens, self.k)
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
         if len(prompt) + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds this "
                              f"decoder's {self.max_len} positions")
@@ -172,7 +171,6 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
     (kept). Stats: rounds (= target forwards), proposed and accepted draft tokens, acceptance_rate,
     draft_forwards, tokens_per_target_forward. A `SpeculativeDecoder` does the work; keep one to reuse its
     caches and CUDA graphs across calls."""
-    _check_models(target, draft, len(prompt), max_new_tokens, k)
     decoder = SpeculativeDecoder(target, draft, len(prompt) + max_new_tokens, k=k)
     return decoder.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                             stop_ids=stop_ids)

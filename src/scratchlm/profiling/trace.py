@@ -128,8 +128,8 @@ def top_ops_table(prof: profile, device: torch.device, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60)
 
 
-def top_ops(prof: profile, device: torch.device, rows: int = 15, per: int = 1) -> list[dict[str, float | str]]:
-    """`top_ops_table` as data: the `rows` ops with the most self time (GPU time on CUDA, CPU time elsewhere),
+def top_ops(prof: profile, device: torch.device, rows: int | None = 15, per: int = 1) -> list[dict[str, float | str]]:
+    """`top_ops_table` as data: the `rows` (None: all) ops with the most self time (GPU time on CUDA, CPU time elsewhere),
     each {name, us (per unit), calls (per unit), share (of all self time)}, `per` = the units the profile
     covered (e.g. decode steps), so the numbers read per step. Ranges (`record_function`) are not ops."""
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
