@@ -97,11 +97,13 @@ def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
 
 # -- ours -------------------------------------------------------------------------------------------------
 
-# Engine modes: EngineConfig settings, and whether one-row matmuls use our Triton GEMV (off by default until
-# measured: "graphs-gemv" is the A/B). "kernels" (compiled, no graphs) is what --profile traces: graphs would
-# hide the kernels.
+# Engine modes: EngineConfig settings, and whether one-row matmuls use our Triton GEMV with its fused norms,
+# gate and residual adds (off by default until measured: "-gemv" modes are the A/B). "kernels" (compiled, no
+# graphs) is what --profile traces: graphs would hide the kernels.
 MODES = {"eager": (dict(cuda_graphs=False), False), "graphs": ({}, False), "graphs-gemv": ({}, True),
-         "compiled": (dict(compile=True), False), "kernels": (dict(compile=True, cuda_graphs=False), False)}
+         "compiled": (dict(compile=True), False), "compiled-gemv": (dict(compile=True), True),
+         "kernels": (dict(compile=True, cuda_graphs=False), False),
+         "kernels-gemv": (dict(compile=True, cuda_graphs=False), True)}
 
 
 class Ours:
@@ -176,14 +178,18 @@ def bytes_per_token(model: TransformerLM, context: float) -> float:
 def profile_decode(ours: Ours, prompt: list[int], args: argparse.Namespace, device: torch.device) -> dict:
     """Where a batch-1 decode step's time goes: the top kernels (CPU ops on CPU) per generated token, from
     torch.profiler over one generation of --new-tokens tokens (prefill included, 1/new_tokens of it per row)."""
-    run = ours.generate([prompt], args.new_tokens, "kernels")
-    run()  # compile and warm up outside the profile
-    prof = profile_steps(run, 1, device)
-    ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
-    total = sum(op["us"] for op in top_ops(prof, device, rows=None, per=args.new_tokens))
-    for op in ops:
-        log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
-    return {"mode": "compiled, no CUDA graphs" if device.type == "cuda" else "eager", "us_per_token": total, "ops": ops}
+    profiles = {}
+    for mode in args.profile_modes if device.type == "cuda" else ["eager"]:
+        run = ours.generate([prompt], args.new_tokens, mode)
+        run()  # compile and warm up outside the profile
+        prof = profile_steps(run, 1, device)
+        ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
+        total = sum(op["us"] for op in top_ops(prof, device, rows=None, per=args.new_tokens))
+        log(f"profile {mode}: {total:,.1f} us/token")
+        for op in ops:
+            log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
+        profiles[mode] = {"us_per_token": total, "ops": ops}
+    return profiles
 
 
 def text_tokens(args: argparse.Namespace) -> torch.Tensor | None:
@@ -213,8 +219,8 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     prompt = prompts(1, args.prompt_len)[0].tolist()
     # 1) batch-1 decode vs the bandwidth bound: eager, CUDA graphs, compiled + CUDA graphs
     bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
-    modes = ["eager"] + (["graphs", "graphs-gemv"] + ([] if args.no_compile else ["compiled"])
-                         if device.type == "cuda" else [])
+    modes = args.modes or ["eager"] + (["graphs", "graphs-gemv"] + (
+        [] if args.no_compile else ["compiled", "compiled-gemv"]) if device.type == "cuda" else [])
     ours = Ours(model, args.prompt_len + args.new_tokens)
     result["decode"] = {}
     for mode in modes:
@@ -256,7 +262,8 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
         result["batches"].append(row)
         save()
     # 4) speculative decoding at batch 1
-    result["speculative"] = bench_speculative(ours, Ours(draft, ours.max_len), prompt, args, device)
+    if args.ks:
+        result["speculative"] = bench_speculative(ours, Ours(draft, ours.max_len), prompt, args, device)
     save()
 
 
@@ -307,9 +314,8 @@ def markdown(report: dict) -> str:
                          f"{r['bound_tokens_per_second']:,.0f} | {d['ttft_s'] * 1e3:.1f} ms |")
         if "ttft_hf_s" in r:
             lines.append(f"| HF generate | | | {r['ttft_hf_s'] * 1e3:.1f} ms |")
-        if "profile" in r:
-            prof = r["profile"]
-            lines += ["", f"Where a decode token's time goes ({prof['mode']}, {prof['us_per_token']:,.0f} us per token "
+        for mode, prof in r.get("profile", {}).items():
+            lines += ["", f"Where a decode token's time goes ({mode}, {prof['us_per_token']:,.0f} us per token "
                       "of kernel time):", "", "| us / token | calls / token | share | kernel |", "|---|---|---|---|"]
             lines += [f"| {o['us']:,.1f} | {o['calls']:.1f} | {o['share']:.0%} | `{o['name'][:90]}` |" for o in prof["ops"]]
         if "prefill" not in r:
@@ -350,7 +356,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prefill-len", type=int, default=1024)
-    parser.add_argument("--ks", type=ints, default=[2, 4, 8], help="speculative draft lengths")
+    parser.add_argument("--ks", type=lambda s: ints(s) if s else [], default=[2, 4, 8],
+                        help="speculative draft lengths ('' skips speculative decoding)")
     parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--draft-d-model", type=int, default=256)
     parser.add_argument("--draft-heads", type=int, default=4)
@@ -364,15 +371,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--batch-mode", choices=list(MODES), default="graphs",
                         help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
+    parser.add_argument("--modes", type=lambda s: s.split(","), help=f"batch-1 decode modes, of {list(MODES)} "
+                        "(default: all but the kernels ones that exist on the device)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode (minutes of compiling per batch size)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list the N most expensive kernels of a batch-1 decode step (torch.profiler)")
+    parser.add_argument("--profile-modes", type=lambda s: s.split(","), default=["kernels-gemv"],
+                        help="engine modes to profile on CUDA (kernels: compiled without graphs, -gemv: our GEMV)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--results-name", help="results file stem (default: inference, inference_trained with "
                                                "checkpoints, inference_quick with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="cpu-tiny, small sizes, 1 thread: a smoke test of the script, not a measurement")
     args = parser.parse_args()
+    unknown = set(args.modes or []) - MODES.keys() | set(args.profile_modes) - MODES.keys()
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {list(MODES)}")
     if (args.prompt_text is None) != (args.tokenizer is None):
         parser.error("--prompt-text and --tokenizer go together")
     if args.quick:

@@ -1,7 +1,7 @@
 """The Triton decode-attention kernel against a float64 masked softmax attention: rows at different positions of
 a cache with junk past them, GQA, sliding windows, a batch-shared mask, both head dims; launcher errors.
 CPU: Triton's interpreter (BLOCK_N = 64 key slots, so caches of 70-130 slots cross blocks and leave some
-fully masked blocks to skip)."""
+fully masked blocks to skip), with the key slots in one split and in as many splits as there are blocks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.model.reference import assert_close_scaled
 
 require_triton()
 
+from scratchlm.kernels import decode_attention as da  # noqa: E402
 from scratchlm.kernels.decode_attention import decode_attention  # noqa: E402
 from scratchlm.model.attention import position_mask  # noqa: E402
 
@@ -47,12 +48,25 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("sms", [0, 1000], ids=["one split", "a split per block"])
 @pytest.mark.parametrize(("b", "h", "n_kv", "s", "d", "positions", "window"), CASES, ids=str)
-def test_decode_attention_matches_float64(b, h, n_kv, s, d, positions, window):
+def test_decode_attention_matches_float64(monkeypatch, sms, b, h, n_kv, s, d, positions, window):
+    """Split per block: splits that see no key (past the position, before the window) must weigh nothing."""
+    monkeypatch.setattr(da.kernels, "sm_count", lambda device: sms)
     q, k, v, mask = cache_rows(b, h, n_kv, s, d, torch.float32, positions, window)
     out = decode_attention(q, k, v, mask)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
+
+
+def test_splits_fill_the_gpu_in_whole_blocks():
+    assert da.splits(1, 12, 256, 132) == (4, 64)  # batch 1: a split per block
+    assert da.splits(1, 12, 2048, 132) == (32, 64)
+    assert da.splits(4, 16, 2048, 132) == (8, 256)  # 64 programs x 8 splits = 512 ~ 4 per SM
+    assert da.splits(128, 12, 2048, 132) == (1, 2048)  # enough rows: one split, no combining kernel
+    for b, h, s in [(1, 1, 70), (3, 7, 1000), (2, 2, 33)]:
+        n, length = da.splits(b, h, s, 132)
+        assert length % da.BLOCK_N == 0 and (n - 1) * length < s <= n * length
 
 
 def test_a_mask_shared_by_all_rows():

@@ -6,10 +6,15 @@ h // (H / KV)); mask: (B or 1, 1, 1, S) bool, True where the row's query may see
 
 Why a kernel of its own: a decode step asks for B x H dot products against at most S keys, far too little work
 for the fused attention kernels built for long queries (cuDNN's took ~7 us per layer on an H100 for one short
-row), and a cache row holds S = max_len slots of which only those up to the row's position are filled. One
-program per (row, query head) walks the key blocks with an online softmax in float32 (base 2, the scale
-folded into q) and skips a block whose mask is all false after reading only its mask bytes: a row at
-position p loads the keys and values of ceil((p + 1) / BLOCK_N) blocks, not of all S slots.
+row), and a cache row holds S = max_len slots of which only those up to the row's position are filled.
+
+A program takes one (row, query head, split of the key slots) and walks its key blocks with an online softmax
+in float32 (base 2, the scale folded into q), skipping a block whose mask is all false after reading only its
+mask bytes: a row at position p loads the keys and values of ceil((p + 1) / BLOCK_N) blocks, not of all S
+slots. At batch 1 the B x H programs of one split each would walk their blocks one after the other on a few
+SMs (11.6 us a layer for 256 slots on an H100): the slots are split ("flash-decoding") until there are about
+PROGRAMS_PER_SM programs per SM, each program writes its partial (max, sum, weighted values), and a second
+kernel combines the splits of each (row, head). With enough rows there is one split and no second kernel.
 
 Every row must see at least one key (a decode query always sees its own position).
 """
@@ -27,14 +32,20 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 BLOCK_N = 64  # key slots per loop step: one (BLOCK_N, D) tile of k and of v in registers
 NUM_WARPS = 4
+PROGRAMS_PER_SM = 4  # splits of the key slots are added until B x H x splits reaches this many per SM
 
 
 @triton.jit
-def _decode_attention_kernel(Q, K, V, MASK, OUT, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb,
-                             stride_vh, stride_vs, stride_mb, stride_ob, stride_oh, S, scale_log2,
-                             GROUP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _decode_attention_kernel(Q, K, V, MASK, OUT, M_PART, L_PART, stride_qb, stride_qh, stride_kb, stride_kh,
+                             stride_ks, stride_vb, stride_vh, stride_vs, stride_mb, stride_ob, stride_oh, S,
+                             split_len, scale_log2, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                             SPLIT: tl.constexpr):
+    """SPLIT: keys [split * split_len, (split + 1) * split_len) only, and OUT (B, H, splits, D) float32 gets the
+    unnormalised weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D)
+    gets the attention output."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
+    split = tl.program_id(2)
     kv_head = (head // GROUP).to(tl.int64)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
@@ -43,20 +54,53 @@ def _decode_attention_kernel(Q, K, V, MASK, OUT, stride_qb, stride_qh, stride_kb
     m_i = tl.full((), float("-inf"), tl.float32)  # running max of the scores (log2 units)
     l_i = tl.zeros((), tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros((D,), tl.float32)  # running sum of exp2(score - m_i) * v
-    for start in range(0, S, BLOCK_N):
+    lo = split * split_len
+    for start in range(lo, tl.minimum(lo + split_len, S), BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         visible = tl.load(MASK + row * stride_mb + offs_n, mask=offs_n < S, other=0) != 0  # (BLOCK_N,)
         if tl.max(visible.to(tl.int32), axis=0) > 0:
             k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
             scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, axis=0))
             alpha = tl.exp2(m_i - m_new)  # 0 on the first visible block (m_i = -inf)
             p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where masked
-            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
-    tl.store(OUT + row * stride_ob + head * stride_oh + offs_d, (acc / l_i).to(OUT.dtype.element_ty))
+    if SPLIT:  # a split with no visible key leaves m = -inf, l = 0, acc = 0: weight 0 in the combination
+        part = (row * tl.num_programs(1) + head) * tl.num_programs(2) + split
+        tl.store(M_PART + part, m_i)
+        tl.store(L_PART + part, l_i)
+        tl.store(OUT + part * D + offs_d, acc)
+    else:
+        tl.store(OUT + row * stride_ob + head * stride_oh + offs_d, (acc / l_i).to(OUT.dtype.element_ty))
+
+
+@triton.jit
+def _combine_splits_kernel(ACC_PART, M_PART, L_PART, OUT, stride_ob, stride_oh, n_splits, D: tl.constexpr,
+                           BLOCK_SPLITS: tl.constexpr):
+    """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s over the splits s of one (row, head), m = max m_s."""
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_SPLITS)
+    offs_d = tl.arange(0, D)
+    first = (row * tl.num_programs(1) + head) * n_splits
+    m = tl.load(M_PART + first + offs_s, mask=offs_s < n_splits, other=float("-inf"))  # (BLOCK_SPLITS,)
+    l_s = tl.load(L_PART + first + offs_s, mask=offs_s < n_splits, other=0.0)
+    acc = tl.load(ACC_PART + (first + offs_s)[:, None] * D + offs_d[None, :], mask=(offs_s < n_splits)[:, None],
+                  other=0.0)  # (BLOCK_SPLITS, D)
+    weight = tl.exp2(m - tl.max(m, axis=0))  # 0 for splits that saw nothing (m = -inf)
+    out = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * l_s, axis=0)
+    tl.store(OUT + row * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty))
+
+
+def splits(b: int, h: int, s: int, sm_count: int) -> tuple[int, int]:
+    """(number of splits, key slots per split, a multiple of BLOCK_N) for B x H programs over S slots."""
+    blocks = triton.cdiv(s, BLOCK_N)
+    wanted = min(blocks, max(1, triton.cdiv(PROGRAMS_PER_SM * sm_count, b * h)))
+    blocks_per_split = triton.cdiv(blocks, wanted)
+    return triton.cdiv(blocks, blocks_per_split), blocks_per_split * BLOCK_N
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
@@ -86,10 +130,20 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     out = kernels.output_buffer(q.shape, q.dtype, q.device)
     mask_bytes = mask.view(torch.uint8)  # Triton reads bool as bytes
     stride_mb = mask_bytes.stride(0) if mask.shape[0] > 1 else 0  # one mask row shared by every batch row
-    _decode_attention_kernel[(b, h)](
-        q, k, v, mask_bytes, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0),
-        v.stride(1), v.stride(2), stride_mb, out.stride(0), out.stride(1), k.shape[2], 1.4426950408889634 / d**0.5,
-        GROUP=h // k.shape[1], D=d, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
+    n_splits, split_len = splits(b, h, k.shape[2], kernels.sm_count(q.device))
+    if n_splits > 1:
+        acc_part = kernels.output_buffer((b, h, n_splits, d), torch.float32, q.device)
+        m_part, l_part = (kernels.output_buffer((b, h, n_splits), torch.float32, q.device) for _ in range(2))
+    else:  # the kernel writes `out` directly; the partial pointers are not read
+        acc_part, m_part, l_part = out, out, out
+    _decode_attention_kernel[(b, h, n_splits)](
+        q, k, v, mask_bytes, acc_part, m_part, l_part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        k.stride(2), v.stride(0), v.stride(1), v.stride(2), stride_mb, out.stride(0), out.stride(1), k.shape[2],
+        split_len, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=BLOCK_N, SPLIT=n_splits > 1,
+        num_warps=NUM_WARPS)
+    if n_splits > 1:
+        _combine_splits_kernel[(b, h)](acc_part, m_part, l_part, out, out.stride(0), out.stride(1), n_splits, D=d,
+                                       BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=NUM_WARPS)
     return out
 
 

@@ -145,12 +145,14 @@ class CausalSelfAttention(nn.Module):
         if torch.cuda.is_available():  # import a Triton backend now: an import inside a compiled forward breaks the graph
             get_attention(self.backend, "cuda")
 
-    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
-        """x: (batch, seq, d_model) -> same. With `cache`, this call's k/v are stored at `positions` and the
-        queries attend to everything the cache holds for their row up to their own position."""
+    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None, norm: RMSNorm | None = None,
+                residual: Tensor | None = None) -> Tensor:
+        """x: (batch, seq, d_model) -> same: residual + attention of norm(x) (norm and residual optional: given
+        here, one-row decoding fuses them into the projections). With `cache`, this call's k/v are stored at
+        `positions` and the queries attend to everything the cache holds for their row up to their own position."""
         b, t, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split((q_dim, kv_dim, kv_dim), dim=-1)
+        q, k, v = self.qkv_proj(x, norm=norm).split((q_dim, kv_dim, kv_dim), dim=-1)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (b, H, t, hd)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, K, t, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -163,4 +165,4 @@ class CausalSelfAttention(nn.Module):
         else:
             k, v = cache.update(k, v, positions)  # (b, K, max_len, hd)
             out = attention(q, k, v, self.sliding_window, position_mask(positions, k.shape[2], self.sliding_window))
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)

@@ -20,27 +20,45 @@ def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
 
-GemvFns = tuple[Callable[[Tensor, Tensor], bool], Callable[[Tensor, Tensor], Tensor]]
+GemvFns = tuple[Callable[[Tensor, Tensor], bool], Callable[..., Tensor]]
+_gemv: GemvFns | None = None  # (applies, gemv) of scratchlm.kernels.gemv once a Linear found it
 
 
-def _gemv_functions() -> GemvFns | None:
-    """(applies, gemv) of scratchlm.kernels.gemv when there is a GPU and Triton imports, else None. Imported at
-    model build (an import inside a torch.compile'd forward would break the graph); functions, not the module,
-    so that models still deep-copy."""
-    if not torch.cuda.is_available():
-        return None
+def _load_gemv() -> None:
+    """Find scratchlm.kernels.gemv when there is a GPU and Triton imports. Called as Linear layers are built (an
+    import inside a torch.compile'd forward would break the graph); kept as functions, not the module, so that
+    models still deep-copy."""
+    global _gemv
+    if _gemv is not None or not torch.cuda.is_available():
+        return
     try:
         module = importlib.import_module("scratchlm.kernels.gemv")
     except ImportError:
-        return None
-    return module.applies, module.gemv
+        return
+    _gemv = module.applies, module.gemv
+
+
+def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool = False,
+           residual: Tensor | None = None) -> Tensor:
+    """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing.
+    One row under the Triton GEMV (batch-1 decoding, see scratchlm.kernels.gemv.enabled) runs all of it as one
+    kernel; otherwise these are the separate operations."""
+    if _gemv is not None and _gemv[0](x, weight):
+        return _gemv[1](x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                        residual, gated)
+    if norm is not None:
+        x = norm(x)
+    if gated:
+        gate, up = x.chunk(2, dim=-1)
+        x = silu(gate) * up
+    y = x @ weight.T
+    return y if residual is None else residual + y
 
 
 class Linear(nn.Module):
     """y = x W^T, no bias. W: (d_out, d_in), initialised N(0, std^2) truncated at 3 std, std = sqrt(2/(d_in + d_out))
     unless given. `row_splits` marks a fused layer: W is the row-wise stack of matrices of these heights.
-    With the Triton GEMV switched on (scratchlm.kernels.gemv.enabled), a single half-precision row on CUDA under
-    no_grad (batch-1 decoding) goes through it; everything else is a matmul."""
+    forward's norm / gated / residual options fuse what comes before and after a projection (see `linear`)."""
 
     def __init__(self, d_in: int, d_out: int, std: float | None = None, row_splits: tuple[int, ...] | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -51,7 +69,7 @@ class Linear(nn.Module):
             raise ValueError(f"row_splits {row_splits} must add up to d_out = {d_out}")
         self.row_splits = row_splits
         self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
-        self.gemv = _gemv_functions()
+        _load_gemv()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -62,10 +80,9 @@ class Linear(nn.Module):
             # survives materialising from the meta device (to_empty makes new Parameters, then init_weights).
             self.weight.row_splits = self.row_splits
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
-        if self.gemv is not None and self.gemv[0](x, self.weight):
-            return self.gemv[1](x, self.weight)
-        return x @ self.weight.T
+    def forward(self, x: Tensor, norm: RMSNorm | None = None, gated: bool = False,
+                residual: Tensor | None = None) -> Tensor:  # (..., d_in, or 2 d_in if gated) -> (..., d_out)
+        return linear(x, self.weight, norm, gated, residual)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}"
@@ -141,7 +158,7 @@ def silu(x: Tensor) -> Tensor:
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)). Gate and up share one matrix (one GEMM instead of two): rows [0, d_ff) are
-    the gate, rows [d_ff, 2 d_ff) the up projection."""
+    the gate, rows [d_ff, 2 d_ff) the up projection (what `linear(..., gated=True)` splits)."""
 
     def __init__(self, d_model: int, d_ff: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
@@ -150,9 +167,10 @@ class SwiGLU(nn.Module):
         self.gate_up_proj = Linear(d_model, 2 * d_ff, std=std, row_splits=(d_ff, d_ff), device=device, dtype=dtype)
         self.down_proj = Linear(d_ff, d_model, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same
-        gate, up = self.gate_up_proj(x).split(self.d_ff, dim=-1)
-        return self.down_proj(silu(gate) * up)
+    def forward(self, x: Tensor, norm: RMSNorm | None = None, residual: Tensor | None = None) -> Tensor:
+        """(..., d_model) -> same: residual + down(silu(gate) * up) of norm(x) (norm and residual optional: given
+        here, one-row decoding fuses them into the projections)."""
+        return self.down_proj(self.gate_up_proj(x, norm=norm), gated=True, residual=residual)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from scratchlm.model.attention import CausalSelfAttention, LayerCache
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
+from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, linear
 from scratchlm.model.rope import RotaryEmbedding
 
 
@@ -29,8 +29,10 @@ class Block(nn.Module):
         self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, cache)  # (batch, seq, d_model) -> same
-        return x + self.ffn(self.ffn_norm(x))
+        # (batch, seq, d_model) -> same. Norms and residual adds go into the modules so that one-row decoding
+        # can fuse them with the projections (scratchlm.kernels.gemv).
+        x = self.attn(x, positions, cache, norm=self.attn_norm, residual=x)
+        return self.ffn(x, norm=self.ffn_norm, residual=x)
 
 
 class TransformerLM(nn.Module):
@@ -71,11 +73,11 @@ class TransformerLM(nn.Module):
         x = self.embed(token_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
-        h = self.norm(x)
-        return self.output(h) if logits else h
+        return self.output(x, norm=self.norm) if logits else self.norm(x)
 
-    def output(self, h: Tensor) -> Tensor:  # (..., d_model) -> (..., vocab_size)
-        return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)
+    def output(self, h: Tensor, norm: RMSNorm | None = None) -> Tensor:
+        """(..., d_model) -> logits (..., vocab_size): the LM head of h, or of norm(h)."""
+        return linear(h, self.embed.weight, norm) if self.lm_head is None else self.lm_head(h, norm=norm)
 
     def num_params(self, embeddings: bool = True) -> int:
         """Counted from the module (tied weights once); equals `config.n_params(embeddings)`."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from scratchlm.atomic import atomic_path
@@ -131,9 +132,13 @@ def top_ops_table(prof: profile, device: torch.device, rows: int = 15) -> str:
 def top_ops(prof: profile, device: torch.device, rows: int | None = 15, per: int = 1) -> list[dict[str, float | str]]:
     """`top_ops_table` as data: the `rows` (None: all) ops with the most self time (GPU time on CUDA, CPU time elsewhere),
     each {name, us (per unit), calls (per unit), share (of all self time)}, `per` = the units the profile
-    covered (e.g. decode steps), so the numbers read per step. Ranges (`record_function`) are not ops."""
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, attr) > 0 and not e.is_user_annotation]
+    covered (e.g. decode steps), so the numbers read per step. Ranges (`record_function`) are not ops. On CUDA
+    the ops are the kernels (and copies) themselves: the CPU op that launched a kernel carries its time too,
+    and counting both would count it twice."""
+    on_device = device.type == "cuda"
+    attr = "self_device_time_total" if on_device else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0 and not e.is_user_annotation
+              and (not on_device or e.device_type != DeviceType.CPU)]
     total = sum(getattr(e, attr) for e in events) or 1.0
     events.sort(key=lambda e: -getattr(e, attr))
     return [{"name": e.key, "us": getattr(e, attr) / per, "calls": e.count / per, "share": getattr(e, attr) / total}
