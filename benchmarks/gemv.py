@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from scratchlm.atomic import write_text_atomic  # noqa: E402
-from scratchlm.kernels import gemv as gv  # noqa: E402
 from scratchlm.config import build_config  # noqa: E402
+from scratchlm.kernels import gemv as gv  # noqa: E402
 from scratchlm.model import ModelConfig  # noqa: E402
+from scratchlm.profiling import copy_bandwidth, graph_seconds  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
 
@@ -46,35 +47,6 @@ def projections(config: ModelConfig) -> dict[str, tuple[int, int]]:
     return {"qkv": (q_dim + 2 * kv_dim, config.d_model), "o": (config.d_model, q_dim),
             "gate_up": (2 * config.ffn_dim, config.d_model), "down": (config.d_model, config.ffn_dim),
             "lm_head": (config.vocab_size, config.d_model)}
-
-
-def graph_seconds(calls: list[Callable[[], object]], replays: int) -> float:
-    """Seconds per call of `calls` captured back to back in one CUDA graph, median over replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up (compiles the kernel) outside the capture
-        for call in calls[:2]:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(calls))
-    return sorted(times)[len(times) // 2]
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / graph_seconds([lambda: dst.copy_(src)] * 5, 5)
 
 
 def sweep_configs(k: int) -> list[tuple[int, int, int, int]]:
@@ -107,7 +79,6 @@ def bench_matrix(n: int, k: int, l2_bytes: int, sweep: bool, replays: int) -> di
         results = {config: timed(lambda w, c=config: gv.launch(x, w, tiles=c)) * 1e6 for config in sweep_configs(k)}
         best = min(results, key=results.get)
         row["best_us"], row["best"] = results[best], list(best)
-    del weights
     return row
 
 

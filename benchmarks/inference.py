@@ -9,15 +9,17 @@ For each preset (configs/train/<name>.toml's model shape, random weights: speed 
 values, but speculative acceptance does, see below), in one process, same weights for both sides:
 - copy bandwidth: a large device-to-device copy, (read + written bytes) / time;
 - decode at batch 1: tokens/s after the first token, vs the memory-bandwidth bound = copy bandwidth /
-  (weight bytes + the KV bytes a token must read at the mean context): eager, and on CUDA with CUDA graphs
-  (matmuls by cuBLAS, and as "graphs-gemv" one-row matmuls by our Triton GEMV) and compiled + CUDA graphs;
+  (weight bytes + the KV bytes a token must read at the mean context), per --modes: eager, and on CUDA with
+  CUDA graphs and compiled + CUDA graphs, each with one-row matmuls by cuBLAS and ("-gemv") by our Triton GEMV
+  with its fused norms and residual adds (the default);
 - end-to-end generation at batch 1, 8, 32, 128 (prompt --prompt-len random tokens, --new-tokens greedy
   tokens each, prefill included): ours (`Engine` in --batch-mode, one slot per sequence) vs `LlamaForCausalLM.generate`
   from our weights (scratchlm.export's mapping), tokens generated per second and the ratio;
 - prefill tokens/s (one --prefill-len sequence) and time to first token (prompt --prompt-len, 1 new token);
 - speculative decoding at batch 1 (`SpeculativeDecoder`, a --draft-layers x --draft-d-model draft) for each
-  k in --ks: speed-up over plain cached decoding and the acceptance rate. With random weights acceptance is
-  chance agreement between unrelated models; give trained checkpoints for meaningful numbers.
+  k in --ks and mode in --spec-modes: speed-up over plain cached decoding in the same mode and the acceptance
+  rate. With random weights acceptance is chance agreement between unrelated models; give trained
+  checkpoints for meaningful numbers (benchmarks/inference_trained.sh).
 
 Timings: median of --repeats runs after a warm-up run (compilation and CUDA-graph capture stay outside), CUDA
 synchronised around each run. Writes benchmarks/results/inference.{json,md} (--quick: inference_quick.*,
@@ -269,14 +271,25 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
 
 def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
                       device: torch.device) -> list[dict]:
-    """Per temperature: speculative decoding against plain cached decoding by the engine, both with CUDA graphs
-    on CUDA (eager on CPU). One SpeculativeDecoder per k, kept across runs (its graphs are reused)."""
-    n, mode = args.new_tokens, "graphs" if device.type == "cuda" else "eager"
-    decoders = {k: SpeculativeDecoder(target.model, draft.model, len(prompt) + n, k=k) for k in args.ks}
+    """Per --spec-modes mode and temperature: speculative decoding against plain cached decoding by the engine,
+    both with CUDA graphs and our GEMV on CUDA, compiled or not (eager on CPU). One SpeculativeDecoder per k,
+    kept across runs (its graphs are reused)."""
+    out = []
+    for mode in args.spec_modes if device.type == "cuda" else ["eager"]:
+        out += bench_speculative_mode(target, draft, prompt, args, device, mode)
+    return out
+
+
+def bench_speculative_mode(target: Ours, draft: Ours, prompt: list[int], args: argparse.Namespace,
+                           device: torch.device, mode: str) -> list[dict]:
+    n, compiled = args.new_tokens, mode == "compiled"
+    plain_mode = {"eager": "eager", "graphs": "graphs-gemv", "compiled": "compiled-gemv"}[mode]
+    decoders = {k: SpeculativeDecoder(target.model, draft.model, len(prompt) + n, k=k, compile=compiled)
+                for k in args.ks}
     out = []
     for temperature in args.temperatures:
-        plain = timed(target.generate([prompt], n, mode, temperature), device, args.repeats)
-        draft_plain = timed(draft.generate([prompt], n, mode, temperature), device, args.repeats)
+        plain = timed(target.generate([prompt], n, plain_mode, temperature), device, args.repeats)
+        draft_plain = timed(draft.generate([prompt], n, plain_mode, temperature), device, args.repeats)
         rows = []
         for k, decoder in decoders.items():
             stats: list[dict] = []
@@ -292,7 +305,8 @@ def bench_speculative(target: Ours, draft: Ours, prompt: list[int], args: argpar
             rows.append({"k": k, "tokens_per_second": n / seconds, "speedup": plain / seconds,
                          "acceptance_rate": accepted / proposed if proposed else 0.0,
                          "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
-            log(f"speculative T={temperature} k={k}: {plain / seconds:.2f}x, acceptance {rows[-1]['acceptance_rate']:.3f}")
+            log(f"speculative {mode} T={temperature} k={k}: {plain / seconds:.2f}x, acceptance "
+                f"{rows[-1]['acceptance_rate']:.3f}")
         out.append({"mode": mode, "plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
                     "draft_params": draft.model.num_params(), "temperature": temperature, "rows": rows})
     return out
@@ -365,6 +379,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--draft-checkpoint", type=Path, help="trained draft on the same tokenizer")
     parser.add_argument("--prompt-text", type=Path, help="prompts from this text file (default: random tokens)")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder for --prompt-text")
+    parser.add_argument("--spec-modes", type=lambda s: s.split(","), default=["compiled"],
+                        help="speculative decoding on CUDA: graphs and/or compiled (each against plain decoding "
+                             "in the same mode)")
     parser.add_argument("--temperatures", type=floats, default=[1.0], help="speculative sampling temperatures (0: greedy)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -384,7 +401,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="cpu-tiny, small sizes, 1 thread: a smoke test of the script, not a measurement")
     args = parser.parse_args()
-    unknown = set(args.modes or []) - MODES.keys() | set(args.profile_modes) - MODES.keys()
+    unknown = (set(args.modes or []) - MODES.keys() | set(args.profile_modes) - MODES.keys()
+               | set(args.spec_modes) - {"graphs", "compiled"})
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {list(MODES)}")
     if (args.prompt_text is None) != (args.tokenizer is None):

@@ -167,6 +167,17 @@ def test_cuda_graph_rounds_equal_eager_rounds(temperature):
     assert graphed._graphs.graphs  # captured (and replayed: the prompts repeat every round shape)
 
 
+@pytest.mark.gpu
+def test_compiled_rounds_equal_eager_rounds_greedy():
+    """compile=True: Inductor's kernels for each round shape, captured as graphs; greedy output unchanged (the
+    target's greedy tokens, float32 models: no argmax near-ties to flip)."""
+    target, draft = make_model(0).cuda(), make_model(1, d_model=16, n_layers=1, n_heads=2).cuda()
+    compiled = SpeculativeDecoder(target, draft, 64, k=4, compile=True)
+    eager = SpeculativeDecoder(target, draft, 64, k=4, cuda_graphs=False)
+    for prompt in PROMPTS:
+        assert compiled.generate(prompt, 25, temperature=0.0)[0] == eager.generate(prompt, 25, temperature=0.0)[0]
+
+
 def test_errors(target, draft):
     with pytest.raises(ValueError, match="vocabularies differ"):
         speculative_generate(target, make_model(2, vocab=41), [1], 5)

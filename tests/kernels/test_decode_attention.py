@@ -1,6 +1,6 @@
 """The Triton decode-attention kernel against a float64 masked softmax attention: rows at different positions of
 a cache with junk past them, GQA, sliding windows, a batch-shared mask, both head dims; launcher errors.
-CPU: Triton's interpreter (BLOCK_N = 64 key slots, so caches of 70-130 slots cross blocks and leave some
+CPU: Triton's interpreter (blocks of 16 to 128 key slots, so caches of 33-130 slots cross blocks and leave some
 fully masked blocks to skip), with the key slots in one split and in as many splits as there are blocks."""
 
 from __future__ import annotations
@@ -59,14 +59,25 @@ def test_decode_attention_matches_float64(monkeypatch, sms, b, h, n_kv, s, d, po
     assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
 
 
-def test_splits_fill_the_gpu_in_whole_blocks():
-    assert da.splits(1, 12, 256, 132) == (4, 64)  # batch 1: a split per block
-    assert da.splits(1, 12, 2048, 132) == (32, 64)
-    assert da.splits(4, 16, 2048, 132) == (8, 256)  # 64 programs x 8 splits = 512 ~ 4 per SM
-    assert da.splits(128, 12, 2048, 132) == (1, 2048)  # enough rows: one split, no combining kernel
-    for b, h, s in [(1, 1, 70), (3, 7, 1000), (2, 2, 33)]:
-        n, length = da.splits(b, h, s, 132)
-        assert length % da.BLOCK_N == 0 and (n - 1) * length < s <= n * length
+@pytest.mark.parametrize("config", [(32, 4, 1), (64, 2, 8)], ids=str)
+def test_other_block_sizes(config):
+    q, k, v, mask = cache_rows(3, 4, 2, 130, 64, torch.float32, [5, 64, 129])
+    assert_close_scaled(da.launch(q, k, v, mask, config=config).double(), float64_attention(q, k, v, mask),
+                        "output", **TOLERANCES[torch.float32])
+
+
+def test_tiles_and_splits_fill_the_gpu_in_whole_blocks():
+    assert da.tiles(1, 12, 256, 64, 132) == (16, 2, 4)  # batch 1: the smallest blocks
+    assert da.tiles(1, 16, 2048, 128, 132) == (32, 2, 4)
+    assert da.tiles(8, 12, 2048, 64, 132) == (128, 2, 4)
+    assert da.tiles(8, 16, 2048, 128, 132) == (64, 2, 4)  # 64 x 128 = the largest tile
+    assert da.splits(1, 12, 256, 132, 16, 4) == (16, 16)  # batch 1: a split per block
+    assert da.splits(4, 16, 2048, 132, 64, 4) == (8, 256)  # 64 programs x 8 splits = 512 ~ 4 per SM
+    assert da.splits(128, 12, 2048, 132, 64, 4) == (1, 2048)  # enough rows: one split, no combining kernel
+    for b, h, s, d in [(1, 1, 70, 64), (3, 7, 1000, 128), (2, 2, 33, 64)]:
+        block_n, _, per_sm = da.tiles(b, h, s, d, 132)
+        n, length = da.splits(b, h, s, 132, block_n, per_sm)
+        assert length % block_n == 0 and (n - 1) * length < s <= n * length
 
 
 def test_a_mask_shared_by_all_rows():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from scratchlm.profiling.timing import PerfCounterStopwatch, TimingStats, measure, quantile
 
@@ -65,3 +66,18 @@ def test_bad_arguments_raise():
         TimingStats.from_samples([])
     with pytest.raises(RuntimeError, match="before start"):
         PerfCounterStopwatch().stop()
+
+
+@pytest.mark.gpu
+def test_graph_seconds_agrees_with_the_copy_bandwidth():
+    """A 256 MB in-place scale reads and writes what a 256 MB copy does: timed per call inside a graph, it
+    takes about as long as copy_bandwidth says (within 2x: both are streaming kernels), and the time per call
+    does not depend on how many calls the graph holds."""
+    from scratchlm.profiling import copy_bandwidth, graph_seconds
+
+    x = torch.randn(1 << 26, device="cuda")
+    expected = 2 * x.nbytes / copy_bandwidth()
+    per_call = [graph_seconds([lambda: x.mul_(1.0)] * n) for n in (4, 16)]
+    for seconds in per_call:
+        assert expected / 2 < seconds < expected * 2, (seconds, expected)
+    assert abs(per_call[0] - per_call[1]) < 0.25 * per_call[1]

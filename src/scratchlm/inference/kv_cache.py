@@ -48,6 +48,10 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]  # per layer
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
 
+    @property
+    def kv_len(self) -> int:
+        return self.max_len
+
     def layer(self, index: int) -> LayerKV:
         return LayerKV(self.k[index], self.v[index])
 
@@ -66,6 +70,10 @@ class RowsView:
 
     def __init__(self, cache: KVCache, slots: Tensor, length: int):
         self.cache, self.slots, self.length = cache, slots, length
+
+    @property
+    def kv_len(self) -> int:
+        return self.length
 
     def layer(self, index: int) -> LayerKV:
         return LayerKV(self.cache.k[index], self.cache.v[index], self.slots, self.length)

@@ -57,7 +57,10 @@ class SpeculativeDecoder:
     """Batch-1 speculative decoding of `target` with `draft`, for sequences of up to `max_len` tokens (prompt
     + new). Holds the caches and, on CUDA, the round graphs, so repeated `generate` calls reuse them."""
 
-    def __init__(self, target: nn.Module, draft: nn.Module, max_len: int, *, k: int = 4, cuda_graphs: bool = True):
+    def __init__(self, target: nn.Module, draft: nn.Module, max_len: int, *, k: int = 4, cuda_graphs: bool = True,
+                 compile: bool = False):
+        """compile (CUDA): torch.compile each round shape first (fused kernels; a compilation per (k, feed,
+        sampling settings), then replayed as graphs like the eager rounds)."""
         _check_pair(target, draft, k, max_len)
         self.target, self.draft, self.k, self.max_len = target.eval(), draft.eval(), k, max_len
         param = next(target.parameters())
@@ -70,6 +73,9 @@ class SpeculativeDecoder:
         self.seeds = torch.zeros(3, dtype=torch.long, device=device)  # draft samples, acceptance, target draws
         self.offsets = torch.arange(k + 1, device=device)
         self._graphs = GraphCache(device, cuda_graphs)
+        # dynamic=False: one compiled round per shape, never a dynamic-shape kernel
+        self._run_round = (torch.compile(self._round, dynamic=False) if compile and device.type == "cuda"
+                           else self._round)
 
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
@@ -95,7 +101,7 @@ class SpeculativeDecoder:
         while len(new) < max_new_tokens and not (new and new[-1] in stop):
             k = min(self.k, max_new_tokens - len(new) - 1)  # never commit past max_new_tokens
             feed = min(FEED, n)
-            self._graphs.run((k, feed, sampling), lambda k=k, feed=feed: self._round(k, feed, sampling))
+            self._graphs.run((k, feed, sampling), lambda k=k, feed=feed: self._run_round(k, feed, sampling))
             j, *committed = torch.cat([self.accepted, self.ids[n : n + k + 1]]).tolist()  # the round's one sync
             committed = committed[: j + 1]
             n += j + 1

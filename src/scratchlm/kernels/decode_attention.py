@@ -15,6 +15,7 @@ slots. At batch 1 the B x H programs of one split each would walk their blocks o
 SMs (11.6 us a layer for 256 slots on an H100): the slots are split ("flash-decoding") until there are about
 PROGRAMS_PER_SM programs per SM, each program writes its partial (max, sum, weighted values), and a second
 kernel combines the splits of each (row, head). With enough rows there is one split and no second kernel.
+BLOCK_N shrinks with the work: small blocks at batch 1 (more programs), large ones for big batches (`tiles`).
 
 Every row must see at least one key (a decode query always sees its own position).
 """
@@ -30,8 +31,9 @@ from scratchlm import kernels
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
-BLOCK_N = 64  # key slots per loop step: one (BLOCK_N, D) tile of k and of v in registers
-NUM_WARPS = 4
+BLOCK_NS = (128, 64, 32, 16)  # key slots per loop step: one (BLOCK_N, D) tile of k and of v in registers
+MAX_TILE = 8192  # elements of a (BLOCK_N, D) tile
+NUM_WARPS = 2
 PROGRAMS_PER_SM = 4  # splits of the key slots are added until B x H x splits reaches this many per SM
 
 
@@ -95,12 +97,24 @@ def _combine_splits_kernel(ACC_PART, M_PART, L_PART, OUT, stride_ob, stride_oh, 
     tl.store(OUT + row * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty))
 
 
-def splits(b: int, h: int, s: int, sm_count: int) -> tuple[int, int]:
-    """(number of splits, key slots per split, a multiple of BLOCK_N) for B x H programs over S slots."""
-    blocks = triton.cdiv(s, BLOCK_N)
-    wanted = min(blocks, max(1, triton.cdiv(PROGRAMS_PER_SM * sm_count, b * h)))
+def tiles(b: int, h: int, s: int, d: int, sm_count: int) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, PROGRAMS_PER_SM): the largest BLOCK_N (tile of at most MAX_TILE elements) whose
+    blocks still give every one of PROGRAMS_PER_SM x SMs programs a block of its own, else the smallest; 2
+    warps. The H100 sweep of benchmarks/decode_attention.py (BLOCK_N 16-128, 2-8 warps, 2-8 programs per SM,
+    batch 1-32, 256-2048 slots, the three GPT presets' heads) had 2 warps fastest everywhere, 16-32 slots at
+    batch 1 and 64-128 from batch 8."""
+    for block_n in BLOCK_NS:
+        if block_n * d <= MAX_TILE and triton.cdiv(s, block_n) * b * h >= PROGRAMS_PER_SM * sm_count:
+            return block_n, NUM_WARPS, PROGRAMS_PER_SM
+    return BLOCK_NS[-1], NUM_WARPS, PROGRAMS_PER_SM
+
+
+def splits(b: int, h: int, s: int, sm_count: int, block_n: int, programs_per_sm: int) -> tuple[int, int]:
+    """(number of splits, key slots per split, a multiple of block_n) for B x H programs over S slots."""
+    blocks = triton.cdiv(s, block_n)
+    wanted = min(blocks, max(1, triton.cdiv(programs_per_sm * sm_count, b * h)))
     blocks_per_split = triton.cdiv(blocks, wanted)
-    return triton.cdiv(blocks, blocks_per_split), blocks_per_split * BLOCK_N
+    return triton.cdiv(blocks, blocks_per_split), blocks_per_split * block_n
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
@@ -125,12 +139,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
             raise ValueError(f"{name} must be contiguous in its last dimension")
 
 
-def _launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+           config: tuple[int, int, int] | None = None) -> Tensor:
+    """The kernels on checked inputs. config: (BLOCK_N, num_warps, PROGRAMS_PER_SM), default `tiles`
+    (benchmarks/decode_attention.py sweeps the alternatives)."""
     b, h, _, d = q.shape
+    sm_count = kernels.sm_count(q.device)
+    block_n, num_warps, programs_per_sm = config or tiles(b, h, k.shape[2], d, sm_count)
     out = kernels.output_buffer(q.shape, q.dtype, q.device)
     mask_bytes = mask.view(torch.uint8)  # Triton reads bool as bytes
     stride_mb = mask_bytes.stride(0) if mask.shape[0] > 1 else 0  # one mask row shared by every batch row
-    n_splits, split_len = splits(b, h, k.shape[2], kernels.sm_count(q.device))
+    n_splits, split_len = splits(b, h, k.shape[2], sm_count, block_n, programs_per_sm)
     if n_splits > 1:
         acc_part = kernels.output_buffer((b, h, n_splits, d), torch.float32, q.device)
         m_part, l_part = (kernels.output_buffer((b, h, n_splits), torch.float32, q.device) for _ in range(2))
@@ -139,18 +158,18 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     _decode_attention_kernel[(b, h, n_splits)](
         q, k, v, mask_bytes, acc_part, m_part, l_part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         k.stride(2), v.stride(0), v.stride(1), v.stride(2), stride_mb, out.stride(0), out.stride(1), k.shape[2],
-        split_len, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=BLOCK_N, SPLIT=n_splits > 1,
-        num_warps=NUM_WARPS)
+        split_len, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=block_n, SPLIT=n_splits > 1,
+        num_warps=num_warps)
     if n_splits > 1:
         _combine_splits_kernel[(b, h)](acc_part, m_part, l_part, out, out.stride(0), out.stride(1), n_splits, D=d,
-                                       BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=NUM_WARPS)
+                                       BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=4)
     return out
 
 
 # A custom op, so torch.compile keeps the launch as one opaque call inside a compiled decode step.
 @torch.library.custom_op("scratchlm::decode_attention", mutates_args=())
 def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    return _launch(q, k, v, mask)
+    return launch(q, k, v, mask)
 
 
 @_decode_attention_op.register_fake

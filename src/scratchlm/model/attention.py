@@ -27,7 +27,7 @@ AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None)
 
 
 class LayerCache(Protocol):
-    """One layer's key/value store (see scratchlm.inference.kv_cache)."""
+    """One layer's key/value store (see scratchlm.inference.kv_cache): `update` returns the k/v of kv_len slots."""
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -146,10 +146,14 @@ class CausalSelfAttention(nn.Module):
             get_attention(self.backend, "cuda")
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None, norm: RMSNorm | None = None,
-                residual: Tensor | None = None) -> Tensor:
+                residual: Tensor | None = None, rope_tables: tuple[Tensor, Tensor] | None = None,
+                mask: Tensor | None = None) -> Tensor:
         """x: (batch, seq, d_model) -> same: residual + attention of norm(x) (norm and residual optional: given
         here, one-row decoding fuses them into the projections). With `cache`, this call's k/v are stored at
-        `positions` and the queries attend to everything the cache holds for their row up to their own position."""
+        `positions` and the queries attend to everything the cache holds for their row up to their own position.
+        rope_tables (`RotaryEmbedding.tables` at `positions`) and, with a cache, mask (`position_mask` of
+        `positions` over the cache's kv_len) are computed here unless the model passes the ones it computed
+        once for all layers."""
         b, t, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x, norm=norm).split((q_dim, kv_dim, kv_dim), dim=-1)
@@ -158,11 +162,15 @@ class CausalSelfAttention(nn.Module):
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rope(q, positions), self.rope(k, positions)
+        if rope_tables is None:
+            rope_tables = self.rope.tables(positions, compute_dtype(q.dtype))
+        q, k = self.rope.apply(q, rope_tables), self.rope.apply(k, rope_tables)
         attention = get_attention(self.backend, x.device.type)
         if cache is None:
             out = attention(q, k, v, self.sliding_window)
         else:
-            k, v = cache.update(k, v, positions)  # (b, K, max_len, hd)
-            out = attention(q, k, v, self.sliding_window, position_mask(positions, k.shape[2], self.sliding_window))
+            k, v = cache.update(k, v, positions)  # (b, K, kv_len, hd)
+            if mask is None:
+                mask = position_mask(positions, k.shape[2], self.sliding_window)
+            out = attention(q, k, v, self.sliding_window, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)

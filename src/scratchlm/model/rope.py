@@ -39,14 +39,21 @@ class RotaryEmbedding(nn.Module):
         self.init_weights()
         return self
 
+    def tables(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin at `positions` ((seq,) or (batch, seq) integer positions < max_seq_len), each
+        (1 or batch, 1, seq, head_dim/2) in `dtype`: computed once per forward pass and shared by the layers."""
+        return self.cos[positions].to(dtype).unsqueeze(-3), self.sin[positions].to(dtype).unsqueeze(-3)
+
+    @staticmethod
+    def apply(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+        """x: (..., n_heads, seq, head_dim) rotated by `tables` (see `tables`), computed in their dtype."""
+        cos, sin = tables
+        x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (..., n_heads, seq, head_dim); positions: (seq,) or (batch, seq) integer positions < max_seq_len."""
-        wide = compute_dtype(x.dtype)
-        cos = self.cos[positions].to(wide).unsqueeze(-3)  # (1 or batch, 1, seq, head_dim/2): broadcast over heads
-        sin = self.sin[positions].to(wide).unsqueeze(-3)
-        x1, x2 = x.to(wide).chunk(2, dim=-1)
-        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return rotated.to(x.dtype)
+        return self.apply(x, self.tables(positions, compute_dtype(x.dtype)))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, theta={self.theta}"

@@ -7,13 +7,15 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from scratchlm.model.attention import CausalSelfAttention, LayerCache
+from scratchlm.model.attention import CausalSelfAttention, LayerCache, position_mask
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, linear
+from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, compute_dtype, linear
 from scratchlm.model.rope import RotaryEmbedding
 
 
 class KVCacheLike(Protocol):
+    kv_len: int  # key slots every layer's `update` hands back (what the position mask spans)
+
     def layer(self, index: int) -> LayerCache: ...
 
 
@@ -28,10 +30,11 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None,
+                rope_tables: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
         # (batch, seq, d_model) -> same. Norms and residual adds go into the modules so that one-row decoding
         # can fuse them with the projections (scratchlm.kernels.gemv).
-        x = self.attn(x, positions, cache, norm=self.attn_norm, residual=x)
+        x = self.attn(x, positions, cache, norm=self.attn_norm, residual=x, rope_tables=rope_tables, mask=mask)
         return self.ffn(x, norm=self.ffn_norm, residual=x)
 
 
@@ -44,8 +47,8 @@ class TransformerLM(nn.Module):
         # Tied: the table is also the output layer, so it gets the output layer's scale (logits ~ N(0, 1)).
         embed_std = config.d_model ** -0.5 if config.tie_embeddings else 1.0
         self.embed = Embedding(config.vocab_size, config.d_model, std=embed_std, device=device, dtype=dtype)
-        rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta, device=device)
-        self.layers = nn.ModuleList(Block(config, rope, device=device, dtype=dtype) for _ in range(config.n_layers))
+        self.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta, device=device)
+        self.layers = nn.ModuleList(Block(config, self.rope, device=device, dtype=dtype) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
 
@@ -71,8 +74,11 @@ class TransformerLM(nn.Module):
                 raise ValueError("a forward pass with a KV cache needs token_positions")
             token_positions = torch.arange(seq, device=token_ids.device)
         x = self.embed(token_ids)
+        # What every layer needs of the positions, once per pass (not once per layer: fewer kernels and launches)
+        rope_tables = self.rope.tables(token_positions, compute_dtype(x.dtype))
+        mask = None if kv_cache is None else position_mask(token_positions, kv_cache.kv_len, self.config.sliding_window)
         for i, layer in enumerate(self.layers):
-            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
+            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i), rope_tables, mask)
         return self.output(x, norm=self.norm) if logits else self.norm(x)
 
     def output(self, h: Tensor, norm: RMSNorm | None = None) -> Tensor:

@@ -138,3 +138,38 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 0, stopwatch: 
             fn()
         samples.append(stopwatch.stop() / calls_per_repeat)
     return TimingStats.from_samples(samples)
+
+
+def graph_seconds(calls: Sequence[Callable[[], object]], replays: int = 5) -> float:
+    """Seconds per call of `calls` captured back to back into one CUDA graph, median over `replays` replays:
+    GPU time of kernels as decoding runs them (graph replays: no launch overhead, per-kernel latency kept).
+    Give each call its own copy of the data it reads, with the copies totalling several times the L2 cache,
+    to time it cold, as a decode step finds its weights. The first two calls run once before the capture
+    (compilation, allocator)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls[:2]:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / len(calls))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth of the current CUDA device in bytes/s (each byte read once and written
+    once), timed as `graph_seconds` times: the yardstick of the kernel benchmarks' "% of bandwidth"."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * nbytes / graph_seconds([lambda: dst.copy_(src)] * 5)
