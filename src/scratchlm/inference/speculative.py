@@ -149,8 +149,9 @@ class SpeculativeDecoder:
             fallback = torch.cat([residual, target_p[k:]])  # (k + 1, vocab): row j = after accepting j drafts
         else:
             j, fallback = torch.zeros((), dtype=torch.long, device=self.device), target_p
-        # row j by index_select: indexing with a 0-dim tensor would read it on the host (no graph capture)
-        token = _draw(fallback.index_select(0, j.reshape(1))[0], self.seeds[2], p + j)  # (1,); Gumbel-max needs no normalising
+        # row j by index_select: indexing with a 0-dim tensor would read it on the host (no graph capture);
+        # Gumbel-max needs no normalising
+        token = _draw(fallback.index_select(0, j.reshape(1))[0], self.seeds[2], p + j)  # (1,)
         # positions p .. p+k: the accepted drafts, then the drawn token (what follows is overwritten later)
         self.ids[p + offsets[: k + 1]] = torch.where(offsets[: k + 1] < j, torch.cat([drafts, token]), token)
         self.accepted.copy_(j.reshape(1))

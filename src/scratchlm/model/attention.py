@@ -164,7 +164,7 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope_tables is None:
             rope_tables = self.rope.tables(positions, compute_dtype(q.dtype))
-        q, k = self.rope.apply(q, rope_tables), self.rope.apply(k, rope_tables)
+        q, k = self.rope.rotate(q, rope_tables), self.rope.rotate(k, rope_tables)
         attention = get_attention(self.backend, x.device.type)
         if cache is None:
             out = attention(q, k, v, self.sliding_window)

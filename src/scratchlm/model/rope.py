@@ -45,7 +45,7 @@ class RotaryEmbedding(nn.Module):
         return self.cos[positions].to(dtype).unsqueeze(-3), self.sin[positions].to(dtype).unsqueeze(-3)
 
     @staticmethod
-    def apply(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
         """x: (..., n_heads, seq, head_dim) rotated by `tables` (see `tables`), computed in their dtype."""
         cos, sin = tables
         x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
@@ -53,7 +53,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (..., n_heads, seq, head_dim); positions: (seq,) or (batch, seq) integer positions < max_seq_len."""
-        return self.apply(x, self.tables(positions, compute_dtype(x.dtype)))
+        return self.rotate(x, self.tables(positions, compute_dtype(x.dtype)))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, theta={self.theta}"

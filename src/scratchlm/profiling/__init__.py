@@ -24,6 +24,7 @@ from scratchlm.profiling.trace import layer_ranges, profile_steps, top_ops, top_
 
 __all__ = [
     "BenchConfig", "BenchResult", "CudaEventStopwatch", "MemoryBreakdown", "PerfCounterStopwatch", "Stopwatch",
-    "TimingStats", "Variant", "copy_bandwidth", "dump_snapshot", "format_table", "graph_seconds", "layer_ranges", "measure", "profile_steps",
-    "record_memory_history", "run_model_bench", "stopwatch_for", "synchronize", "top_ops", "top_ops_table",
+    "TimingStats", "Variant", "copy_bandwidth", "dump_snapshot", "format_table", "graph_seconds", "layer_ranges",
+    "measure", "profile_steps", "record_memory_history", "run_model_bench", "stopwatch_for", "synchronize",
+    "top_ops", "top_ops_table",
 ]
