@@ -111,8 +111,8 @@ MODES = {"eager": (dict(cuda_graphs=False), False), "graphs": ({}, False), "grap
 class Ours:
     """One engine per (batch size, mode): every run of a shape reuses its cache and its CUDA graphs."""
 
-    def __init__(self, model: TransformerLM, max_len: int):
-        self.model, self.max_len, self.engines = model, max_len, {}
+    def __init__(self, model: TransformerLM, max_len: int, prefill_graphs: bool = False):
+        self.model, self.max_len, self.prefill_graphs, self.engines = model, max_len, prefill_graphs, {}
 
     def generate(self, prompts: list[list[int]], new_tokens: int, mode: str,
                  temperature: float = 0.0) -> Callable[[], object]:
@@ -120,7 +120,8 @@ class Ours:
         key = (len(prompts), mode)
         settings, use_gemv = MODES[mode]
         if key not in self.engines:
-            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16, **settings)
+            config = EngineConfig(max_slots=len(prompts), max_len=self.max_len, sync_every=16,
+                                  prefill_graphs=self.prefill_graphs, **settings)
             self.engines[key] = Engine(self.model, config)
         engine, params = self.engines[key], SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=0)
 
@@ -223,7 +224,7 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     bound = bandwidth / bytes_per_token(model, args.prompt_len + args.new_tokens / 2)
     modes = args.modes or ["eager"] + (["graphs", "graphs-gemv"] + (
         [] if args.no_compile else ["compiled", "compiled-gemv"]) if device.type == "cuda" else [])
-    ours = Ours(model, args.prompt_len + args.new_tokens)
+    ours = Ours(model, args.prompt_len + args.new_tokens, args.prefill_graphs)
     result["decode"] = {}
     for mode in modes:
         rate = ours.decode_rate(prompt, args.new_tokens, device, args.repeats, mode)
@@ -265,7 +266,8 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
         save()
     # 4) speculative decoding at batch 1
     if args.ks:
-        result["speculative"] = bench_speculative(ours, Ours(draft, ours.max_len), prompt, args, device)
+        draft_ours = Ours(draft, ours.max_len, args.prefill_graphs)
+        result["speculative"] = bench_speculative(ours, draft_ours, prompt, args, device)
     save()
 
 
@@ -390,6 +392,8 @@ def parse_args() -> argparse.Namespace:
                         help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
     parser.add_argument("--modes", type=lambda s: s.split(","), help=f"batch-1 decode modes, of {list(MODES)} "
                         "(default: all but the kernels ones that exist on the device)")
+    parser.add_argument("--prefill-graphs", action="store_true",
+                        help="engines replay prefill chunks as CUDA graphs too (EngineConfig.prefill_graphs)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode (minutes of compiling per batch size)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list the N most expensive kernels of a batch-1 decode step (torch.profiler)")
@@ -454,7 +458,8 @@ def main() -> None:
               "dtype": str(dtype).removeprefix("torch."), "random_weights": args.target_checkpoint is None,
               "prompts": "random tokens" if args.prompt_text is None else f"windows of {args.prompt_text.name}",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
-              "repeats": args.repeats, "bandwidth_bytes_per_s": bandwidth, "presets": [], "run_info": run_info()}
+              "repeats": args.repeats, "prefill_graphs": args.prefill_graphs, "bandwidth_bytes_per_s": bandwidth,
+              "presets": [], "run_info": run_info()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.results_name or ("inference_quick" if args.quick else
                                  "inference" if args.target_checkpoint is None else "inference_trained")

@@ -54,6 +54,24 @@ def test_greedy_equals_full_recompute_with_slot_reuse(kwargs, slots, prefill_tok
     assert engine.num_running == 0 and not engine.has_work
 
 
+@pytest.mark.parametrize("prefill_chunk", [512, 5])
+@pytest.mark.parametrize("kwargs", [dict(), dict(sliding_window=5)])
+def test_padded_prefill_chunks_change_nothing(prefill_chunk, kwargs):
+    """The graph-ready prefill (fixed buffers; chunk lengths padded to powers of two >= 16 within the chunk size
+    and the cache: on CUDA it comes with prefill_graphs, forced on here) writes junk past the prompts' ends up
+    to the padded length, never seen: greedy output equals full recompute. The 26-token prompt fills the
+    32-position cache, so its padding is capped by the cache."""
+    model = make_model(**kwargs)
+    engine = Engine(model, EngineConfig(max_slots=2, sync_every=3, prefill_chunk=prefill_chunk))
+    engine._pad_prefill = True
+    assert [engine._chunk_length(0, 6), engine._chunk_length(0, 25), engine._chunk_length(28, 2)] == (
+        [16, 32, 4] if prefill_chunk == 512 else [5, 5, 4])
+    prompts = PROMPTS + [list(range(1, 27))]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=5, temperature=0))
+    for prompt, out in zip(prompts, outs):
+        assert out.token_ids == generate(model, prompt, 5, temperature=0)
+
+
 def test_repetition_penalty_greedy_equals_full_recompute():
     model = make_model()
     engine = Engine(model, EngineConfig(max_slots=3, sync_every=4))
@@ -289,19 +307,21 @@ def test_decode_step_traces_as_one_graph():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile", [False, True])
-def test_cuda_graph_decode_equals_eager(compile):
-    """CUDA graphs (each burst shape run once, captured, then replayed), with and without compiling the step:
-    greedy and seeded sampled tokens and log-probs equal the eager engine's (float64: no rounding-order ties),
-    and graphs were replayed."""
+@pytest.mark.parametrize(("compile", "prefill_graphs"), [(False, False), (True, False), (False, True)])
+def test_cuda_graph_decode_equals_eager(compile, prefill_graphs):
+    """CUDA graphs (each burst shape run once, captured, then replayed), with and without compiling the step,
+    and with prefill chunks graphed too: greedy and seeded sampled tokens and log-probs equal the eager
+    engine's (float64: no rounding-order ties), and graphs were replayed."""
     model = make_model().cuda()
     settings = [SamplingParams(max_tokens=10, temperature=0),
                 SamplingParams(max_tokens=10, temperature=0.9, top_p=0.9, repetition_penalty=1.2, seed=4)]
     for params in settings:
         eager = Engine(model, EngineConfig(max_slots=2, sync_every=3, cuda_graphs=False)).generate(PROMPTS * 2, params)
-        graphed = Engine(model, EngineConfig(max_slots=2, sync_every=3, compile=compile))
+        graphed = Engine(model, EngineConfig(max_slots=2, sync_every=3, compile=compile,
+                                             prefill_graphs=prefill_graphs))
         outs = graphed.generate(PROMPTS * 2, params)
         assert [o.token_ids for o in outs] == [o.token_ids for o in eager]
         torch.testing.assert_close(torch.tensor([o.logprobs for o in outs]),
                                    torch.tensor([o.logprobs for o in eager]), rtol=0, atol=1e-9)
         assert graphed._graphs.graphs  # captured, and replayed: PROMPTS * 2 repeats every burst shape
+        assert any(key[0] == "prefill" for key in graphed._graphs.graphs) == prefill_graphs

@@ -52,6 +52,9 @@ class EngineConfig:
     prefill_chunk: int = 512  # positions per prefill forward (long prompts go in chunks)
     prefill_tokens: int = 16384  # prompts prefilled together: at most this many (padded) tokens per forward
     cuda_graphs: bool = True  # CUDA: replay each decode burst as one CUDA graph (no per-kernel launch cost)
+    # CUDA, with cuda_graphs: also replay prefill chunks as graphs, their lengths padded to powers of two (>= 16)
+    # so that few shapes recur. Off until measured on a GPU (eager prefill is host-bound: launches, not work).
+    prefill_graphs: bool = False
     compile: bool = False  # CUDA: torch.compile the decode step first (fused kernels; minutes of compiling)
     max_top_logprobs: int = 20  # most alternatives a request may ask for (SamplingParams.top_logprobs)
 
@@ -188,6 +191,11 @@ class Engine:
         self._decode = (torch.compile(self._decode_step, dynamic=False) if config.compile and on_cuda
                         else self._decode_step)
         self._graphs = GraphCache(self.device, config.cuda_graphs)  # one graph per (rows, steps, features) burst
+        # Prefill through fixed buffers and padded chunk lengths (what graph replay needs; tests force it on CPU)
+        self._pad_prefill = self._graphs.enabled and config.prefill_graphs
+        self._prefill_ids = torch.zeros(slots, min(config.prefill_chunk, self.max_len), dtype=torch.long,
+                                        device=device)
+        self._prefill_slots = torch.zeros(slots, dtype=torch.long, device=device)
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -381,13 +389,34 @@ class Engine:
         longest = max(len(seq.prompt) for _, seq in group) - 1
         if longest == 0:
             return
-        padded = [seq.prompt[:-1] + [0] * (longest + 1 - len(seq.prompt)) for _, seq in group]
-        tokens = torch.tensor(padded).to(self.device, non_blocking=True)  # (group, longest)
-        slots = torch.tensor([slot for slot, _ in group]).to(self.device, non_blocking=True)
+        padded = torch.tensor([seq.prompt[:-1] + [0] * (longest + 1 - len(seq.prompt)) for _, seq in group])
+        slots = torch.tensor([slot for slot, _ in group])
+        if self._pad_prefill:
+            self._prefill_padded(padded, slots)
+            return
+        tokens, slots = padded.to(self.device, non_blocking=True), slots.to(self.device, non_blocking=True)
         for start in range(0, longest, self.config.prefill_chunk):
             stop = min(start + self.config.prefill_chunk, longest)
             self.model(tokens[:, start:stop], torch.arange(start, stop, device=self.device),
                        kv_cache=self.cache.rows(slots, stop), logits=False)
+
+    def _prefill_padded(self, tokens: Tensor, slots: Tensor) -> None:
+        """`_prefill` through the engine's own buffers, each chunk padded to `_chunk_length` (more junk past the
+        prompts' ends, harmless as above) and replayed as a CUDA graph per (rows, start, length)."""
+        rows, longest = tokens.shape
+        self._prefill_slots[:rows].copy_(slots, non_blocking=True)
+        for start in range(0, longest, self.config.prefill_chunk):
+            n = min(self.config.prefill_chunk, longest - start)
+            length = self._chunk_length(start, n)
+            self._prefill_ids[:rows, :n].copy_(tokens[:, start:start + n], non_blocking=True)  # the rest: junk
+            self._graphs.run(("prefill", rows, start, length), lambda start=start, length=length: self.model(
+                self._prefill_ids[:rows, :length], torch.arange(start, start + length, device=self.device),
+                kv_cache=self.cache.rows(self._prefill_slots[:rows], start + length), logits=False))
+
+    def _chunk_length(self, start: int, n: int) -> int:
+        """Positions a prefill chunk of n tokens at `start` runs: the next power of two >= max(n, 16), within
+        the chunk size and the cache."""
+        return min(max(16, 1 << (n - 1).bit_length()), self._prefill_ids.shape[1], self.max_len - start)
 
     def _hand_out(self, slot: int, tokens: list[int], logprobs: list[list[float]],
                   top: tuple[list[list[int]], list[list[float]]] | None) -> StepOutput:
