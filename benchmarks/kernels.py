@@ -17,8 +17,11 @@ RMSNorm forward+backward (rows x d_model, bf16 x and weight): ours vs the model'
 vs torch.compile of it. Achieved bandwidth = minimal bytes (forward: read x, write y; backward: read x and dy,
 write dx) / time, against the device-to-device copy bandwidth (copy of a 1 GiB tensor, bytes read + written).
 
-Timing: triton.testing.do_bench (CUDA events, L2 flushed between runs), median. Kernel autotuning happens on the
-first call of each shape, before timing. Writes benchmarks/results/kernels.{json,md} (kernels_quick.* with --quick),
+Timing: triton.testing.do_bench (CUDA events, L2 flushed between runs), median. RMSNorm forward+backward is also
+timed as GPU time alone: `torch.autograd.grad` of each implementation captured ten times in a CUDA graph and
+replayed (`scratchlm.profiling.graph_seconds`): no Python, no allocator, steady from run to run (the do_bench
+number of the same code moved by 60% between two runs). Kernel autotuning happens on the first call of each
+shape, before timing. Writes benchmarks/results/kernels.{json,md} (kernels_quick.* with --quick),
 atomically.
 """
 
@@ -42,6 +45,7 @@ from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.kernels.flash_attention import flash_attention  # noqa: E402
 from scratchlm.kernels.rmsnorm import rms_norm  # noqa: E402
 from scratchlm.model import RMSNorm, causal_mask, scaled_dot_product_attention  # noqa: E402
+from scratchlm.profiling import graph_seconds  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.train.metrics import peak_flops  # noqa: E402
 
@@ -157,11 +161,15 @@ def rmsnorm_row(rows: int, d: int, rep: int, copy_bw: float) -> dict:
     for name, fn in impls.items():
         fwd = bench_ms(fn, grads, rep)
         fwd_bwd = bench_ms(lambda fn=fn: fn().backward(dy), grads, rep)
-        row[name] = {m: {"ms": ms, "bandwidth_gbs": nbytes[m] / (ms * 1e-3) / 1e9,
-                         "of_copy_bandwidth": nbytes[m] / (ms * 1e-3) / copy_bw}
-                     for m, ms in (("fwd", fwd), ("fwd+bwd", fwd_bwd))}
-    row["speedup_vs_eager"] = row["eager"]["fwd+bwd"]["ms"] / row["ours"]["fwd+bwd"]["ms"]
-    row["speedup_vs_compile"] = row["compile"]["fwd+bwd"]["ms"] / row["ours"]["fwd+bwd"]["ms"]
+        # the same work replayed from a CUDA graph: GPU time only (no Python, no allocator), steady across runs
+        graph = 1e3 * graph_seconds([lambda fn=fn: torch.autograd.grad(fn(), grads, dy)] * 10)
+        row[name] = {m: {"ms": ms, "bandwidth_gbs": nbytes[m.split()[0]] / (ms * 1e-3) / 1e9,
+                         "of_copy_bandwidth": nbytes[m.split()[0]] / (ms * 1e-3) / copy_bw}
+                     for m, ms in (("fwd", fwd), ("fwd+bwd", fwd_bwd), ("fwd+bwd graph", graph))}
+    for mode in ("fwd+bwd", "fwd+bwd graph"):
+        suffix = "" if mode == "fwd+bwd" else "_graph"
+        row[f"speedup_vs_eager{suffix}"] = row["eager"][mode]["ms"] / row["ours"][mode]["ms"]
+        row[f"speedup_vs_compile{suffix}"] = row["compile"][mode]["ms"] / row["ours"][mode]["ms"]
     return row
 
 
@@ -192,17 +200,22 @@ def markdown(report: dict) -> str:
         lines += ["## Target: batch 1, seq 16,384, d_model 1024, 16 heads, causal, forward+backward", "",
                   f"ours {t['ours_ms']:.3f} ms vs target {t['target_ms']} ms ({'met' if t['met'] else 'NOT met'}); "
                   f"SDPA flash {t['sdpa_flash_ms']:.3f} ms.", ""]
-    lines += ["## RMSNorm forward+backward (bf16)", "",
-              "Cells: ms (share of copy bandwidth). Bytes: forward x + y, backward x + dy + dx.", "",
-              "| rows x d_model | ours | eager | torch.compile | vs eager | vs compile | floor ms |",
-              "|---|---|---|---|---|---|---|"]
-    def cell(r: dict, name: str) -> str:
-        return f"{r[name]['fwd+bwd']['ms']:.3f} ({r[name]['fwd+bwd']['of_copy_bandwidth']:.0%})"
-
-    for r in report["rmsnorm"]:
-        lines.append(f"| {r['rows']} x {r['d_model']} | {cell(r, 'ours')} | {cell(r, 'eager')} | {cell(r, 'compile')} | "
-                     f"{r['speedup_vs_eager']:.2f}x | {r['speedup_vs_compile']:.2f}x | {r['floor_ms']['fwd+bwd']:.3f} |")
-    return "\n".join(lines) + "\n"
+    for mode, title in (("fwd+bwd graph", "GPU time: forward + backward (autograd.grad) replayed from a CUDA graph"),
+                        ("fwd+bwd", "Through Python: forward, then .backward(), each call timed by do_bench")):
+        suffix = "_graph" if mode.endswith("graph") else ""
+        lines += [f"## RMSNorm forward+backward (bf16), {title}", "",
+                  "Cells: ms (share of copy bandwidth). Bytes: forward x + y, backward x + dy + dx.", "",
+                  "| rows x d_model | ours | eager | torch.compile | vs eager | vs compile | floor ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["rmsnorm"]:
+            if mode not in r["ours"]:  # results written before the graph timing existed
+                continue
+            cells = " | ".join(f"{r[n][mode]['ms']:.3f} ({r[n][mode]['of_copy_bandwidth']:.0%})"
+                               for n in ("ours", "eager", "compile"))
+            lines.append(f"| {r['rows']} x {r['d_model']} | {cells} | {r['speedup_vs_eager' + suffix]:.2f}x | "
+                         f"{r['speedup_vs_compile' + suffix]:.2f}x | {r['floor_ms']['fwd+bwd']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -256,9 +269,10 @@ def main() -> int:
     for rows, d in norm_shapes if "rmsnorm" in parts else []:
         r = rmsnorm_row(rows, d, rep, copy_bw)
         rmsnorm.append(r)
-        print(f"rmsnorm {rows}x{d} fwd+bwd: ours {r['ours']['fwd+bwd']['ms']:.3f} ms "
-              f"({r['ours']['fwd+bwd']['of_copy_bandwidth']:.0%} of copy bw), eager {r['eager']['fwd+bwd']['ms']:.3f}, "
-              f"compile {r['compile']['fwd+bwd']['ms']:.3f} ms", flush=True)
+        for mode in ("fwd+bwd", "fwd+bwd graph"):
+            print(f"rmsnorm {rows}x{d} {mode}: ours {r['ours'][mode]['ms']:.3f} ms "
+                  f"({r['ours'][mode]['of_copy_bandwidth']:.0%} of copy bw), eager {r['eager'][mode]['ms']:.3f}, "
+                  f"compile {r['compile'][mode]['ms']:.3f} ms", flush=True)
 
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "quick": args.quick, "copy_bandwidth_gbs": copy_bw / 1e9, "peak_tflops": peak / 1e12,
