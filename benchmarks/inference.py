@@ -388,7 +388,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
-    parser.add_argument("--batch-mode", choices=list(MODES), default="graphs",
+    parser.add_argument("--batch-mode", choices=list(MODES), default="graphs-gemv",
                         help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
     parser.add_argument("--modes", type=lambda s: s.split(","), help=f"batch-1 decode modes, of {list(MODES)} "
                         "(default: all but the kernels ones that exist on the device)")
