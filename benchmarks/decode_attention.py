@@ -5,8 +5,8 @@ shapes of gpt2-small-124m (12 x 64), gpt-350m (16 x 64) and gpt-1.3b (16 x 128).
     PYTHONPATH=src python benchmarks/decode_attention.py --no-sweep
 
 One query per row against a KV cache of S slots, every row at position P (the slots past it are junk):
-- ours: the whole cache with the rows' position mask, as the model calls it;
-- sdpa, masked: F.scaled_dot_product_attention over the whole cache with the same mask (what the `sdpa`
+- ours: the whole cache and the rows' positions, as the model calls it;
+- sdpa, masked: F.scaled_dot_product_attention over the whole cache with the rows' position mask (what the `sdpa`
   backend does: the cache's fill is known only on the GPU);
 - sdpa, prefix: SDPA over the P + 1 filled slots without a mask, the peer that knows every row's length on
   the host (one length for all rows: a fair best case for it).
@@ -50,7 +50,8 @@ def bench_case(heads: int, head_dim: int, batch: int, slots: int, position: int,
     q = torch.randn(batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
     caches = [(torch.randn(batch, heads, slots, head_dim, device="cuda", dtype=torch.bfloat16),
                torch.randn(batch, heads, slots, head_dim, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
-    mask = position_mask(torch.full((batch, 1), position, device="cuda"), slots)
+    positions = torch.full((batch,), position, device="cuda")
+    mask = position_mask(positions[:, None], slots)  # for SDPA
     k0, v0 = caches[0]
     ref = F.scaled_dot_product_attention(q.double(), k0[:, :, :position + 1].double(), v0[:, :, :position + 1].double())
 
@@ -62,12 +63,12 @@ def bench_case(heads: int, head_dim: int, batch: int, slots: int, position: int,
 
     row = {"batch": batch, "slots": slots, "position": position,
            "mb": 2 * batch * heads * (position + 1) * head_dim * 2 / 1e6,
-           "ours_us": timed(lambda k, v: da.decode_attention(q, k, v, mask)),
+           "ours_us": timed(lambda k, v: da.decode_attention(q, k, v, positions)),
            "sdpa_masked_us": timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
            "sdpa_prefix_us": timed(lambda k, v: F.scaled_dot_product_attention(
                q, k[:, :, :position + 1], v[:, :, :position + 1]))}
     if sweep:
-        results = {tiles: timed(lambda k, v, t=tiles: da.launch(q, k, v, mask, config=t))
+        results = {tiles: timed(lambda k, v, t=tiles: da.launch(q, k, v, positions, config=t))
                    for tiles in itertools.product(*SWEEP.values())}
         best = min(results, key=results.get)
         row["best_us"], row["best"] = results[best], list(best)

@@ -1,5 +1,6 @@
 """The Triton decode-attention kernel against a float64 masked softmax attention: rows at different positions of
-a cache with junk past them, GQA, sliding windows, a batch-shared mask, both head dims; launcher errors.
+a cache with junk past them (and before their window), GQA, sliding windows, a batch-shared position, both head
+dims; launcher errors.
 CPU: Triton's interpreter (blocks of 16 to 128 key slots, so caches of 33-130 slots cross blocks and leave some
 fully masked blocks to skip), with the key slots in one split and in as many splits as there are blocks."""
 
@@ -29,14 +30,17 @@ def float64_attention(q, k, v, mask):
 
 
 def cache_rows(b, h, n_kv, s, d, dtype, positions, window=None):
-    """q (b, h, 1, d), a cache (b, n_kv, s, d) whose slots past each row's position hold huge junk (a kernel
-    that reads past the mask is caught), and the rows' position mask."""
+    """q (b, h, 1, d), a cache (b, n_kv, s, d) whose slots a row must not see (past its position, before its
+    window) hold huge junk (a kernel that reads them is caught), the rows' positions (b,) and, for the
+    reference, their position mask."""
     q = torch.randn(b, h, 1, d, dtype=torch.float64, device=DEVICE).to(dtype)
     k, v = (torch.randn(b, n_kv, s, d, dtype=torch.float64, device=DEVICE) for _ in range(2))
     for row, p in enumerate(positions):
         k[row, :, p + 1:], v[row, :, p + 1:] = 1e4, -1e4
-    mask = position_mask(torch.tensor(positions, device=DEVICE)[:, None], s, window)
-    return q, k.to(dtype), v.to(dtype), mask
+        if window is not None:
+            k[row, :, :max(0, p - window + 1)], v[row, :, :max(0, p - window + 1)] = 1e4, -1e4
+    pos = torch.tensor(positions, device=DEVICE)
+    return q, k.to(dtype), v.to(dtype), pos, position_mask(pos[:, None], s, window)
 
 
 # (batch, heads, kv heads, cache slots, head dim, row positions, sliding window)
@@ -53,16 +57,16 @@ CASES = [
 def test_decode_attention_matches_float64(monkeypatch, sms, b, h, n_kv, s, d, positions, window):
     """Split per block: splits that see no key (past the position, before the window) must weigh nothing."""
     monkeypatch.setattr(da.kernels, "sm_count", lambda device: sms)
-    q, k, v, mask = cache_rows(b, h, n_kv, s, d, torch.float32, positions, window)
-    out = decode_attention(q, k, v, mask)
+    q, k, v, pos, mask = cache_rows(b, h, n_kv, s, d, torch.float32, positions, window)
+    out = decode_attention(q, k, v, pos, window)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
 
 
 @pytest.mark.parametrize("config", [(32, 4, 1), (64, 2, 8)], ids=str)
 def test_other_block_sizes(config):
-    q, k, v, mask = cache_rows(3, 4, 2, 130, 64, torch.float32, [5, 64, 129])
-    assert_close_scaled(da.launch(q, k, v, mask, config=config).double(), float64_attention(q, k, v, mask),
+    q, k, v, pos, mask = cache_rows(3, 4, 2, 130, 64, torch.float32, [5, 64, 129], window=70)
+    assert_close_scaled(da.launch(q, k, v, pos, 70, config=config).double(), float64_attention(q, k, v, mask),
                         "output", **TOLERANCES[torch.float32])
 
 
@@ -80,37 +84,39 @@ def test_tiles_and_splits_fill_the_gpu_in_whole_blocks():
         assert length % block_n == 0 and (n - 1) * length < s <= n * length
 
 
-def test_a_mask_shared_by_all_rows():
-    """A (1, 1, 1, S) mask (every row at one position) broadcasts over the batch."""
-    q, k, v, _ = cache_rows(3, 2, 1, 80, 64, torch.float32, [50, 50, 50])
-    mask = position_mask(torch.tensor([50], device=DEVICE), 80)
-    assert mask.shape[0] == 1
-    assert_close_scaled(decode_attention(q, k, v, mask).double(), float64_attention(q, k, v, mask), "output",
-                        **TOLERANCES[torch.float32])
+def test_one_position_shared_by_all_rows():
+    """A (1,) position (every row at one position) broadcasts over the batch."""
+    q, k, v, _, mask = cache_rows(3, 2, 1, 80, 64, torch.float32, [50, 50, 50])
+    assert_close_scaled(decode_attention(q, k, v, torch.tensor([50], device=DEVICE)).double(),
+                        float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_decode_attention_half_precision(dtype):
-    q, k, v, mask = cache_rows(2, 4, 2, 90, 64, dtype, [7, 89])
-    out = decode_attention(q, k, v, mask)
+    q, k, v, pos, mask = cache_rows(2, 4, 2, 90, 64, dtype, [7, 89])
+    out = decode_attention(q, k, v, pos)
     assert out.dtype == dtype
     assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[dtype])
 
 
 def test_launcher_rejects_bad_inputs():
-    q, k, v, mask = cache_rows(2, 4, 2, 70, 64, torch.float32, [3, 4])
+    q, k, v, pos, _ = cache_rows(2, 4, 2, 70, 64, torch.float32, [3, 4])
     with pytest.raises(ValueError, match="one query per row"):
-        decode_attention(torch.cat([q, q], dim=2), k, v, mask)
+        decode_attention(torch.cat([q, q], dim=2), k, v, pos)
     with pytest.raises(ValueError, match="KV dividing H"):
-        decode_attention(q[:, :3], k, v, mask)
-    with pytest.raises(ValueError, match="mask must be bool"):
-        decode_attention(q, k, v, mask.float())
-    with pytest.raises(ValueError, match="mask must be bool"):
-        decode_attention(q, k, v, mask[..., :-1])
+        decode_attention(q[:, :3], k, v, pos)
+    with pytest.raises(ValueError, match="positions must be long"):
+        decode_attention(q, k, v, pos.int())
+    with pytest.raises(ValueError, match="positions must be long"):
+        decode_attention(q, k, v, pos[:, None])
+    with pytest.raises(ValueError, match="positions must be long"):
+        decode_attention(q, k, v, torch.cat([pos, pos]))
+    with pytest.raises(ValueError, match="sliding_window"):
+        decode_attention(q, k, v, pos, 0)
     with pytest.raises(ValueError, match="power of two"):
-        decode_attention(q[..., :48], k[..., :48], v[..., :48], mask)
+        decode_attention(q[..., :48], k[..., :48], v[..., :48], pos)
     with pytest.raises(ValueError, match="share a dtype"):
-        decode_attention(q.half(), k, v, mask)
+        decode_attention(q.half(), k, v, pos)
 
 
 @pytest.mark.gpu
@@ -118,6 +124,6 @@ def test_launcher_rejects_bad_inputs():
 def test_decode_attention_gpu_bf16_long_cache(d):
     """Real sizes: 32 rows at scattered positions of a 2048-slot cache, GQA 4."""
     positions = torch.randint(0, 2048, (32,)).tolist()
-    q, k, v, mask = cache_rows(32, 16, 4, 2048, d, torch.bfloat16, positions)
-    assert_close_scaled(decode_attention(q, k, v, mask).double(), float64_attention(q, k, v, mask), "output",
+    q, k, v, pos, mask = cache_rows(32, 16, 4, 2048, d, torch.bfloat16, positions)
+    assert_close_scaled(decode_attention(q, k, v, pos).double(), float64_attention(q, k, v, mask), "output",
                         **TOLERANCES[torch.bfloat16])

@@ -34,17 +34,20 @@ def test_flash_backend_runs_the_kernels():
 
 
 def test_flash_backend_decodes_with_the_decode_kernel():
-    """One query per row with a position mask (a KV-cache decode step) runs decode_attention."""
+    """One query per row with its position (a KV-cache decode step) runs decode_attention on the positions."""
     q, k, v = leaf(3, 4, 1, 64, dtype=torch.float32), leaf(3, 2, 70, 64, dtype=torch.float32), \
         leaf(3, 2, 70, 64, dtype=torch.float32)
-    mask = position_mask(torch.tensor([[3], [40], [69]], device=DEVICE), 70)
-    torch.testing.assert_close(flash_attention_fn(q, k, v, None, mask), decode_attention(q, k, v, mask), rtol=0, atol=0)
+    positions = torch.tensor([[3], [40], [69]], device=DEVICE)
+    mask = position_mask(positions, 70, 20)
+    torch.testing.assert_close(flash_attention_fn(q, k, v, 20, mask, positions),
+                               decode_attention(q, k, v, positions[:, 0], 20), rtol=0, atol=0)
 
 
 def fallback_cases():
     f32, f64 = torch.float32, torch.float64
     return {
         "mask": ((1, 4, 3, 64), (1, 2, 9, 64), f32, None, position_mask(torch.tensor([4, 5, 6]), 9)),
+        "mask-without-positions": ((1, 4, 1, 64), (1, 2, 9, 64), f32, None, position_mask(torch.tensor([4]), 9)),
         "sliding-window": ((1, 2, 7, 64), (1, 2, 7, 64), f32, 3, None),
         "head-dim-32": ((2, 2, 7, 32), (2, 1, 7, 32), f32, None, None),
         "float64": ((1, 2, 7, 64), (1, 2, 7, 64), f64, None, None),
@@ -114,6 +117,27 @@ def test_training_step_matches_naive_backends(dtype, rtol, atol):
         e = expected_grads[name]
         scale = max(1.0, e.abs().max().item())
         torch.testing.assert_close(g, e, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_cached_decoding_matches_naive_backends(window):
+    """Prefill, then decode steps through a KV cache with the rows at different positions: the flash backend's
+    decode kernel (fed the positions, no mask) gives the naive backend's logits."""
+    from scratchlm.inference.kv_cache import KVCache
+
+    ours, baseline = twin_models(sliding_window=window)
+    prompt = torch.randint(0, 64, (2, 12), device=DEVICE)
+    logits = []
+    with torch.no_grad():
+        for model in (ours, baseline):
+            cache = KVCache(model.config, 2, 32, device=DEVICE)
+            model(prompt, torch.arange(12, device=DEVICE), kv_cache=cache)
+            steps = []
+            for step in range(4):  # row 0 continues at 12.., row 1 rewinds to 7.. (its later slots: stale)
+                positions = torch.tensor([[12 + step], [7 + step]], device=DEVICE)
+                steps.append(model(prompt[:, step:step + 1], positions, kv_cache=cache))
+            logits.append(torch.cat(steps, dim=1))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -1,23 +1,21 @@
 """Attention for a decode step in Triton: one query per sequence against its row of the KV cache.
 
 q: (B, H, 1, D); k, v: (B, KV, S, D), the cache rows (H a multiple of KV: query head h reads kv head
-h // (H / KV)); mask: (B or 1, 1, 1, S) bool, True where the row's query may see key slot j (what
-`scratchlm.model.attention.position_mask` builds from the rows' positions, sliding window included).
+h // (H / KV)); positions: (B,) or (1,) long, each row's query position p (< S): the query sees key slots
+j <= p, and with a sliding window W only p - j < W (what `scratchlm.model.attention.position_mask` spells out
+as a mask; the kernel takes the positions, so no mask is built, stored or read).
 
 Why a kernel of its own: a decode step asks for B x H dot products against at most S keys, far too little work
 for the fused attention kernels built for long queries (cuDNN's took ~7 us per layer on an H100 for one short
 row), and a cache row holds S = max_len slots of which only those up to the row's position are filled.
 
-A program takes one (row, query head, split of the key slots) and walks its key blocks with an online softmax
-in float32 (base 2, the scale folded into q), skipping a block whose mask is all false after reading only its
-mask bytes: a row at position p loads the keys and values of ceil((p + 1) / BLOCK_N) blocks, not of all S
-slots. At batch 1 the B x H programs of one split each would walk their blocks one after the other on a few
+A program takes one (row, query head, split of the key slots) and walks the key blocks of its split that hold
+visible slots, with an online softmax in float32 (base 2, the scale folded into q): a row at position p loads
+the keys and values of ceil((p + 1) / BLOCK_N) blocks (fewer with a window), not of all S slots. At batch 1 the B x H programs of one split each would walk their blocks one after the other on a few
 SMs (11.6 us a layer for 256 slots on an H100): the slots are split ("flash-decoding") until there are about
 PROGRAMS_PER_SM programs per SM, each program writes its partial (max, sum, weighted values), and a second
 kernel combines the splits of each (row, head). With enough rows there is one split and no second kernel.
 BLOCK_N shrinks with the work: small blocks at batch 1 (more programs), large ones for big batches (`tiles`).
-
-Every row must see at least one key (a decode query always sees its own position).
 """
 
 from __future__ import annotations
@@ -38,13 +36,14 @@ PROGRAMS_PER_SM = 4  # splits of the key slots are added until B x H x splits re
 
 
 @triton.jit
-def _decode_attention_kernel(Q, K, V, MASK, OUT, M_PART, L_PART, stride_qb, stride_qh, stride_kb, stride_kh,
-                             stride_ks, stride_vb, stride_vh, stride_vs, stride_mb, stride_ob, stride_oh, S,
-                             split_len, scale_log2, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                             SPLIT: tl.constexpr):
-    """SPLIT: keys [split * split_len, (split + 1) * split_len) only, and OUT (B, H, splits, D) float32 gets the
-    unnormalised weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D)
-    gets the attention output."""
+def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, stride_qh, stride_kb, stride_kh,
+                             stride_ks, stride_vb, stride_vh, stride_vs, stride_pos, stride_ob, stride_oh,
+                             split_len, window, scale_log2, GROUP: tl.constexpr, D: tl.constexpr,
+                             BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    """Visible slots of a row at position p: [max(0, p - window + 1), p] (window 0: [0, p]). SPLIT: slots
+    [split * split_len, (split + 1) * split_len) only, and OUT (B, H, splits, D) float32 gets the unnormalised
+    weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D) gets the
+    attention output."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     split = tl.program_id(2)
@@ -53,24 +52,27 @@ def _decode_attention_kernel(Q, K, V, MASK, OUT, M_PART, L_PART, stride_qb, stri
     q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
     k_base = K + row * stride_kb + kv_head * stride_kh
     v_base = V + row * stride_vb + kv_head * stride_vh
+    position = tl.load(POS + row * stride_pos)
+    first_visible = tl.where(window > 0, tl.maximum(position - window + 1, 0), 0)
+    split_start = split * split_len
+    start_block = tl.maximum(split_start, (first_visible // BLOCK_N) * BLOCK_N)  # blocks before the window: skipped
+    stop = tl.minimum(split_start + split_len, position + 1)  # blocks past the position: never visited
     m_i = tl.full((), float("-inf"), tl.float32)  # running max of the scores (log2 units)
     l_i = tl.zeros((), tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros((D,), tl.float32)  # running sum of exp2(score - m_i) * v
-    lo = split * split_len
-    for start in range(lo, tl.minimum(lo + split_len, S), BLOCK_N):
+    for start in range(start_block, stop, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        visible = tl.load(MASK + row * stride_mb + offs_n, mask=offs_n < S, other=0) != 0  # (BLOCK_N,)
-        if tl.max(visible.to(tl.int32), axis=0) > 0:
-            k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
-            scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
-            alpha = tl.exp2(m_i - m_new)  # 0 on the first visible block (m_i = -inf)
-            p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where masked
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            m_i = m_new
-    if SPLIT:  # a split with no visible key leaves m = -inf, l = 0, acc = 0: weight 0 in the combination
+        visible = (offs_n >= first_visible) & (offs_n <= position)  # (BLOCK_N,)
+        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
+        scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where not visible
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+    if SPLIT:  # a split with no visible slot leaves m = -inf, l = 0, acc = 0: weight 0 in the combination
         part = (row * tl.num_programs(1) + head) * tl.num_programs(2) + split
         tl.store(M_PART + part, m_i)
         tl.store(L_PART + part, l_i)
@@ -117,8 +119,8 @@ def splits(b: int, h: int, s: int, sm_count: int, block_n: int, programs_per_sm:
     return triton.cdiv(blocks, blocks_per_split), blocks_per_split * block_n
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
-    kernels.check_device(INTERPRETED, q, k, v, mask)
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None) -> None:
+    kernels.check_device(INTERPRETED, q, k, v, positions)
     for t_ in (q, k, v):
         kernels.check_dtype("q, k and v", t_.dtype)
     if not q.dtype == k.dtype == v.dtype:
@@ -131,15 +133,16 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     if d & (d - 1) or not 16 <= d <= 256:
         raise ValueError(f"head dim must be a power of two in [16, 256], got {d}")
-    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, b) or mask.shape[1:3] != (1, 1) \
-            or mask.shape[3] != k.shape[2]:
-        raise ValueError(f"mask must be bool (B or 1, 1, 1, S={k.shape[2]}), got {mask.dtype} {tuple(mask.shape)}")
-    for name, t_ in (("q", q), ("k", k), ("v", v), ("mask", mask)):
+    if positions.dtype != torch.long or positions.dim() != 1 or positions.shape[0] not in (1, b):
+        raise ValueError(f"positions must be long (B,) or (1,), got {positions.dtype} {tuple(positions.shape)}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+    for name, t_ in (("q", q), ("k", k), ("v", v)):
         if t_.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension")
 
 
-def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+def launch(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None = None,
            config: tuple[int, int, int] | None = None) -> Tensor:
     """The kernels on checked inputs. config: (BLOCK_N, num_warps, PROGRAMS_PER_SM), default `tiles`
     (benchmarks/decode_attention.py sweeps the alternatives)."""
@@ -147,8 +150,7 @@ def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     sm_count = kernels.sm_count(q.device)
     block_n, num_warps, programs_per_sm = config or tiles(b, h, k.shape[2], d, sm_count)
     out = kernels.output_buffer(q.shape, q.dtype, q.device)
-    mask_bytes = mask.view(torch.uint8)  # Triton reads bool as bytes
-    stride_mb = mask_bytes.stride(0) if mask.shape[0] > 1 else 0  # one mask row shared by every batch row
+    stride_pos = positions.stride(0) if positions.shape[0] > 1 else 0  # one position shared by every row
     n_splits, split_len = splits(b, h, k.shape[2], sm_count, block_n, programs_per_sm)
     if n_splits > 1:
         acc_part = kernels.output_buffer((b, h, n_splits, d), torch.float32, q.device)
@@ -156,10 +158,10 @@ def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
     else:  # the kernel writes `out` directly; the partial pointers are not read
         acc_part, m_part, l_part = out, out, out
     _decode_attention_kernel[(b, h, n_splits)](
-        q, k, v, mask_bytes, acc_part, m_part, l_part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), v.stride(0), v.stride(1), v.stride(2), stride_mb, out.stride(0), out.stride(1), k.shape[2],
-        split_len, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=block_n, SPLIT=n_splits > 1,
-        num_warps=num_warps)
+        q, k, v, positions, acc_part, m_part, l_part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        k.stride(2), v.stride(0), v.stride(1), v.stride(2), stride_pos, out.stride(0), out.stride(1), split_len,
+        sliding_window or 0, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=block_n,
+        SPLIT=n_splits > 1, num_warps=num_warps)
     if n_splits > 1:
         _combine_splits_kernel[(b, h)](acc_part, m_part, l_part, out, out.stride(0), out.stride(1), n_splits, D=d,
                                        BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=4)
@@ -168,17 +170,17 @@ def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
 
 # A custom op, so torch.compile keeps the launch as one opaque call inside a compiled decode step.
 @torch.library.custom_op("scratchlm::decode_attention", mutates_args=())
-def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    return launch(q, k, v, mask)
+def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None) -> Tensor:
+    return launch(q, k, v, positions, sliding_window)
 
 
 @_decode_attention_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+def _(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None) -> Tensor:
     return torch.empty_like(q)
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(D), masked) v for one query per row (see the module docstring); forward only
-    (decoding needs no gradients). Returns (B, H, 1, D) in q's dtype."""
-    check_inputs(q, k, v, mask)
-    return _decode_attention_op(q, k, v, mask)
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(D)) v over each row's visible slots (see the module docstring); forward only
+    (decoding needs no gradients). positions: (B,) or (1,) long, each < S. Returns (B, H, 1, D) in q's dtype."""
+    check_inputs(q, k, v, positions, sliding_window)
+    return _decode_attention_op(q, k, v, positions.contiguous(), sliding_window)

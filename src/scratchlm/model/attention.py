@@ -5,7 +5,9 @@ with n_heads a multiple of n_kv_heads (grouped-query attention), and returns (ba
 head_dim). Without `mask`, queries are the LAST q_len positions of the kv_len keys, attending causally
 and, optionally, only to the last `sliding_window` positions. With `mask` (bool, broadcastable to
 (batch, 1, q_len, kv_len), True = attend; see `position_mask`) the caller says which keys each query sees:
-a KV cache whose rows hold sequences of different lengths.
+a KV cache whose rows hold sequences of different lengths. With the mask the caller also passes `positions`,
+the queries' positions ((q_len,) or (batch, q_len)) it was built from: a backend may use those instead (the
+decode kernel does: no mask to build or read).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, softmax
 from scratchlm.model.rope import RotaryEmbedding
 
-AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None) -> out
+AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None, positions=None) -> out
 
 
 class LayerCache(Protocol):
@@ -64,7 +66,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
 
 
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
-                    mask: Tensor | None = None) -> Tensor:
+                    mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
     """Ours, any device. GQA without copying k/v: the query heads of one group share a broadcast k/v head."""
     b, n_heads, q_len, hd = q.shape
     n_kv, kv_len = k.shape[1], k.shape[2]
@@ -78,7 +80,7 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None 
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
-                   mask: Tensor | None = None) -> Tensor:
+                   mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
     """PyTorch's fused attention: the baseline to beat, and the fastest option on GPU until `flash` lands."""
     gqa = q.shape[1] != k.shape[1]
     if mask is None and sliding_window is None and q.shape[2] == k.shape[2]:
@@ -172,5 +174,5 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v, positions)  # (b, K, kv_len, hd)
             if mask is None:
                 mask = position_mask(positions, k.shape[2], self.sliding_window)
-            out = attention(q, k, v, self.sliding_window, mask)
+            out = attention(q, k, v, self.sliding_window, mask, positions)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)
