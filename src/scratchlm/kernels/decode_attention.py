@@ -52,7 +52,7 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
     q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
     k_base = K + row * stride_kb + kv_head * stride_kh
     v_base = V + row * stride_vb + kv_head * stride_vh
-    position = tl.load(POS + row * stride_pos)
+    position = tl.load(POS + row * stride_pos).to(tl.int32)  # int32 loop bounds, as the split's own
     first_visible = tl.where(window > 0, tl.maximum(position - window + 1, 0), 0)
     split_start = split * split_len
     start_block = tl.maximum(split_start, (first_visible // BLOCK_N) * BLOCK_N)  # blocks before the window: skipped
