@@ -11,8 +11,9 @@ row), and a cache row holds S = max_len slots of which only those up to the row'
 
 A program takes one (row, query head, split of the key slots) and walks the key blocks of its split that hold
 visible slots, with an online softmax in float32 (base 2, the scale folded into q): a row at position p loads
-the keys and values of ceil((p + 1) / BLOCK_N) blocks (fewer with a window), not of all S slots. At batch 1 the B x H programs of one split each would walk their blocks one after the other on a few
-SMs (11.6 us a layer for 256 slots on an H100): the slots are split ("flash-decoding") until there are about
+the keys and values of ceil((p + 1) / BLOCK_N) blocks (fewer with a window), not of all S slots. At batch 1
+the B x H programs of one split each would walk their blocks one after the other on a few SMs (11.6 us a
+layer for 256 slots on an H100): the slots are split ("flash-decoding") until there are about
 PROGRAMS_PER_SM programs per SM, each program writes its partial (max, sum, weighted values), and a second
 kernel combines the splits of each (row, head). With enough rows there is one split and no second kernel.
 BLOCK_N shrinks with the work: small blocks at batch 1 (more programs), large ones for big batches (`tiles`).
