@@ -51,7 +51,7 @@ from scratchlm.inference.kv_cache import KVCache  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
 from scratchlm.inference.speculative import SpeculativeDecoder  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
-from scratchlm.profiling import profile_steps, top_ops  # noqa: E402
+from scratchlm.profiling import copy_bandwidth, profile_steps, top_ops  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.tokenizer import Tokenizer  # noqa: E402
 from scratchlm.train import TrainConfig  # noqa: E402
@@ -88,13 +88,6 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> floa
         sync(device)
         seconds.append(time.perf_counter() - t0)
     return statistics.median(seconds)
-
-
-def copy_bandwidth(device: torch.device, repeats: int, nbytes: int) -> float:
-    """Bytes/s moved by a device copy (each byte read once and written once)."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / timed(lambda: dst.copy_(src), device, max(repeats, 5))
 
 
 # -- ours -------------------------------------------------------------------------------------------------
@@ -452,7 +445,7 @@ def main() -> None:
         except ImportError:
             log("transformers is not installed: skipping the Hugging Face baseline")
             args.no_hf = True
-    bandwidth = copy_bandwidth(device, args.repeats, (1 << 30) if device.type == "cuda" else (1 << 26))
+    bandwidth = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 26))
     log(f"copy bandwidth {bandwidth / 1e9:,.1f} GB/s")
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
               "dtype": str(dtype).removeprefix("torch."), "random_weights": args.target_checkpoint is None,

@@ -45,7 +45,7 @@ from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.kernels.flash_attention import flash_attention  # noqa: E402
 from scratchlm.kernels.rmsnorm import rms_norm  # noqa: E402
 from scratchlm.model import RMSNorm, causal_mask, scaled_dot_product_attention  # noqa: E402
-from scratchlm.profiling import graph_seconds  # noqa: E402
+from scratchlm.profiling import copy_bandwidth, graph_seconds  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
 from scratchlm.train.metrics import peak_flops  # noqa: E402
 
@@ -61,14 +61,6 @@ IMPLS = ("ours", "sdpa_flash", "naive")
 
 def bench_ms(fn: Callable[[], object], grads: list[torch.Tensor], rep: int) -> float:
     return triton.testing.do_bench(fn, warmup=max(5, rep // 4), rep=rep, grad_to_none=grads, return_mode="median")
-
-
-def copy_bandwidth(rep: int) -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + write) for a 1 GiB tensor."""
-    src = torch.empty(2**29, dtype=torch.bfloat16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), [], rep)
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
 # -- attention --------------------------------------------------------------------------------------
@@ -234,7 +226,7 @@ def main() -> int:
     norm_shapes = [(16384, 1024)] if args.quick else [(8192, 768), (16384, 1024), (32768, 4096)]
     device = torch.device("cuda")
     peak = peak_flops(device, torch.bfloat16) or H100_BF16_PEAK
-    copy_bw = copy_bandwidth(rep)
+    copy_bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy {copy_bw / 1e9:,.0f} GB/s, peak {peak / 1e12:.0f} TFLOP/s", flush=True)
 
     parts = set(args.parts.split(","))

@@ -167,19 +167,19 @@ def graph_seconds(calls: Sequence[Callable[[], object]], replays: int = 5) -> fl
     return sorted(times)[len(times) // 2]
 
 
-def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 10) -> float:
-    """Device-to-device copy bandwidth of the current CUDA device in bytes/s (each byte read once and written
-    once): `repeats` back-to-back copies between CUDA events, after two warm-up copies. Not in a graph: there a
-    device copy becomes a memcpy node, which measured ~20% slower on an H100 (2.4 vs 3.0 TB/s) than the copy
-    kernel the stream runs, and the kernel is the yardstick for the kernel benchmarks' "% of bandwidth"."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+def copy_bandwidth(device: torch.device | None = None, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (each byte read once and written once) of `device` (default:
+    the current CUDA device): `repeats` back-to-back copies timed by `stopwatch_for(device)` after two warm-up
+    copies. Not in a CUDA graph: there a copy becomes a memcpy node, which measured ~20% slower on an H100 (2.4
+    vs 3.0 TB/s) than the copy kernel a stream runs, and the kernel is the benchmarks' bandwidth yardstick."""
+    device = torch.device("cuda") if device is None else device
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     for _ in range(2):
         dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    stopwatch = stopwatch_for(device)
+    synchronize(device)
+    stopwatch.start()
     for _ in range(repeats):
         dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * nbytes * repeats / (start.elapsed_time(end) / 1e3)
+    return 2 * nbytes * repeats / stopwatch.stop()
