@@ -176,6 +176,19 @@ def test_kernels_trace_under_torch_compile_without_graph_breaks():
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("q_layout", ["contiguous", "model"])
+def test_custom_ops_fake_implementations_match_the_kernels(q_layout):
+    """torch.library.opcheck runs each op for real and through its fake implementation and compares shapes
+    and strides (torch.compile plans memory from the fakes): dq follows q's layout, which differs between a
+    contiguous leaf and the model's transposed projection."""
+    q = torch.randn(1, 20, 2, 64).transpose(1, 2) if q_layout == "model" else torch.randn(1, 2, 20, 64)
+    k, v = torch.randn(1, 1, 20, 64), torch.randn(1, 1, 20, 64)
+    o, lse = torch.ops.scratchlm.flash_attention_fwd(q, k, v, True)
+    torch.library.opcheck(torch.ops.scratchlm.flash_attention_fwd, (q, k, v, True), test_utils="test_faketensor")
+    torch.library.opcheck(torch.ops.scratchlm.flash_attention_bwd, (torch.randn_like(o), q, k, v, o, lse, True),
+                          test_utils="test_faketensor")
+
+
 def test_lazy_backend_that_cannot_import(monkeypatch):
     """Without Triton: forcing flash is a clear error, auto on CUDA falls back to sdpa."""
     from scratchlm.model import attention

@@ -9,12 +9,14 @@ softmax (running row max m, running sum l, unnormalised output acc, all float32)
 log2(e)/sqrt(d) is folded into the scores so every exponential is one exp2. Under the causal mask the key blocks
 split in three: left of the diagonal (every pair visible, no mask arithmetic), on it (masked), right of it
 (skipped, never loaded). Saved for backward: O and the per-row logsumexp only, not the T x S probabilities.
+Programs are ordered longest first (the last query blocks, which see the most keys under the causal mask, of
+every head, then the next): the GPU then finishes on short programs instead of idling behind a long one.
 
 Backward recomputes the probabilities tile by tile from q, k and the logsumexp:
-  0) delta_i = sum_d dO_id O_id                      (preprocess, one program per query block)
-  1) dK, dV: one program per key block of one kv head, looping over every query head of its group and their
+  1) dQ: one program per query block, looping over the key blocks like the forward (and ordered like it);
+     it first computes delta_i = sum_d dO_id O_id for its rows and stores it for the next pass
+  2) dK, dV: one program per key block of one kv head, looping over every query head of its group and their
      query blocks, so all contributions to a dK/dV row add up in registers (no atomics)
-  2) dQ: one program per query block, looping over the key blocks like the forward
 with dS = P * (dP - delta), dP = dO V^T, dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K.
 
 Fully masked tiles are never touched; masked-out and out-of-range entries are filtered with `tl.where`, never
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -92,7 +95,6 @@ BWD_KV_TILES = {64: [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64,
 BWD_Q_TILES = {64: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2)],
                128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 4), (128, 64, 8, 2), (64, 32, 4, 4)]}
 TUNE_KEY = ["T", "S", "HEAD_DIM", "CAUSAL"]  # Triton adds the tensor dtypes to the key itself
-DELTA_BLOCK = 64
 
 
 # -- forward ----------------------------------------------------------------------------------------
@@ -112,16 +114,17 @@ def _fwd_tiles(acc, l_i, m_i, q, q_pos, kT_ptrs, v_ptrs, stride_ks, stride_vs, l
         else:
             kT = tl.load(kT_ptrs + start_n * stride_ks)
             v = tl.load(v_ptrs + start_n * stride_vs)
-        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale  # (BM, BN) scores in log2 units
+        s = tl.dot(q, kT, input_precision=PRECISION)  # (BM, BN) unscaled scores
         if MASKED:
             visible = keys[None, :] < S
             if CAUSAL:
                 visible = visible & (keys[None, :] <= q_pos[:, None])
             s = tl.where(visible, s, float("-inf"))
         # Every row sees at least one key in its first block (key 0 under the causal mask, an in-range key in
-        # the tail block otherwise), so m_new is finite and no -inf - -inf appears.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
+        # the tail block otherwise), so m_new is finite and no -inf - -inf appears. The max is taken before
+        # scaling (qk_scale > 0), so each score costs one FMA on its way into exp2.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # log2 units
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)  # rescales what was summed against the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -154,8 +157,8 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    start_m = (tl.cdiv(T, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M  # the last (causal: longest) blocks first
+    bh = tl.program_id(0)
     b, h = bh // H, bh % H
     kvh = h // GROUP
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -191,22 +194,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _bwd_delta_kernel(OUT, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, T,
-                      HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """delta = rowsum(dO * O) in float32, (B, H, T): the softmax backward's per-row term."""
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
-    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m[:, None] < T
-    o = tl.load(OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot
-                + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs_m[:, None] * stride_dt
-                 + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, tl.sum(o * do, axis=1), mask=offs_m < T)
-
-
-@triton.jit
 def _bwd_dkdv_tiles(dk, dv, k, v, qT_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qt, stride_dt, keys, lo, hi, T, S,
                     qk_scale, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
     """Add the query blocks [lo, hi) of one head to dk, dv (BN, D). Query rows past T load as zeros with
@@ -220,13 +207,15 @@ def _bwd_dkdv_tiles(dk, dv, k, v, qT_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_q
         do = tl.load(do_ptrs + start_m * stride_dt, mask=row_ok[:, None], other=0.0)  # (BM, D)
         lse2 = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # to log2 units
         delta = tl.load(delta_ptr + offs_m, mask=row_ok, other=0.0)
-        sT = tl.dot(k, qT, input_precision=PRECISION) * qk_scale  # (BN, BM) transposed scores, log2 units
-        pT = tl.math.exp2(sT - lse2[None, :])
+        # Both score-sized products first, the two accumulating ones last: the tensor cores then wait once for
+        # the softmax work instead of twice, and dv / dk stay in flight into the next block (H100: -5% time).
+        sT = tl.dot(k, qT, input_precision=PRECISION)  # (BN, BM) transposed scores
+        dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BN, BM)
+        pT = tl.math.exp2(sT * qk_scale - lse2[None, :])
         if MASKED:
             pT = tl.where(keys[:, None] <= (S - T + offs_m)[None, :], pT, 0.0)
-        dv += tl.dot(pT.to(do.dtype), do, input_precision=PRECISION)
-        dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BN, BM)
         dsT = pT * (dpT - delta[None, :])
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=PRECISION)
         dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PRECISION)
     return dk, dv
 
@@ -334,15 +323,15 @@ def _bwd_dq_tiles(dq, q, do, lse2, delta, q_pos, kT_ptrs, vT_ptrs, stride_ks, st
 @_autotune(BWD_Q_TILES, float32=(64, 32, 4, 2), interpreted=(32, 16), key=TUNE_KEY)
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, OUT, DO, LSE, DELTA, DQ,  # out: the forward's, like q; delta: written here, (B, H, T) float32
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_db, stride_dh, stride_dt, stride_dqb, stride_dqh, stride_dqt,
+    stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, stride_dqb, stride_dqh, stride_dqt,
     H, GROUP, T, S, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    start_m = (tl.cdiv(T, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M  # the last (causal: longest) blocks first
+    bh = tl.program_id(0)
     b, h = bh // H, bh % H
     kvh = h // GROUP
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -355,7 +344,10 @@ def _attn_bwd_dq_kernel(
     do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs_m[:, None] * stride_dt
                  + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     lse2 = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    o = tl.load(OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)  # rowsum(dO * O), for dK/dV's pass too
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
     kT_ptrs = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh + offs_d[:, None] + offs_n[None, :] * stride_ks
     vT_ptrs = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh + offs_d[:, None] + offs_n[None, :] * stride_vs
 
@@ -424,12 +416,19 @@ def flash_attention_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> tu
     sm_scale = 1.0 / math.sqrt(d)
 
     def grid(meta: dict) -> tuple[int, int]:
-        return triton.cdiv(t, meta["BLOCK_M"]), b * h
+        return b * h, triton.cdiv(t, meta["BLOCK_M"])
 
     _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                            h, h // n_kv, t, s, sm_scale * LOG2E,
                            HEAD_DIM=d, CAUSAL=causal, PRECISION=_precision(q.dtype))
     return o, lse
+
+
+def _dq_buffer(q: Tensor, empty: Callable[[tuple[int, ...]], Tensor]) -> Tensor:
+    """dq laid out like q where that is cheap: (B, H, T, D) for a contiguous q (a leaf's .grad then needs no
+    copy), else (B, T, H, D), the model's layout (its q is a transposed view of the projection)."""
+    b, h, t, d = q.shape
+    return empty((b, h, t, d)) if q.is_contiguous() else empty((b, t, h, d)).transpose(1, 2)
 
 
 def flash_attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
@@ -439,11 +438,11 @@ def flash_attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Ten
     if do.shape != q.shape or o.shape != q.shape or lse.shape != q.shape[:3] or lse.dtype != torch.float32:
         raise ValueError(f"flash_attention backward: dO {tuple(do.shape)}, O {tuple(o.shape)}, lse "
                          f"{tuple(lse.shape)} do not match q {tuple(q.shape)}")
+    dq = _dq_buffer(q, lambda shape: kernels.output_buffer(shape, q.dtype, q.device))
     q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do.to(q.dtype)))
     lse = lse.contiguous()
     b, h, t, d = q.shape
     n_kv, s = k.shape[1], k.shape[2]
-    dq = kernels.output_buffer((b, t, h, d), q.dtype, q.device).transpose(1, 2)
     dk = kernels.output_buffer(tuple(k.shape), k.dtype, k.device)
     dv = kernels.output_buffer(tuple(v.shape), v.dtype, v.device)
     delta = kernels.output_buffer((b, h, t), torch.float32, q.device)
@@ -451,16 +450,15 @@ def flash_attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Ten
         return dq, dk.zero_(), dv.zero_()
     sm_scale, group, precision = 1.0 / math.sqrt(d), h // n_kv, _precision(q.dtype)
 
-    _bwd_delta_kernel[(triton.cdiv(t, DELTA_BLOCK), b * h)](o, do, delta, *_strides(o), *_strides(do), h, t,
-                                                            HEAD_DIM=d, BLOCK=DELTA_BLOCK)
+    # dQ first: its programs also write delta = rowsum(dO * O), which every dK/dV program reads
+    _attn_bwd_dq_kernel[lambda meta: (b * h, triton.cdiv(t, meta["BLOCK_M"]))](
+        q, k, v, o, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do),
+        *_strides(dq), h, group, t, s, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=d, CAUSAL=causal, PRECISION=precision)
     _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(s, meta["BLOCK_N"]), b * n_kv)](
         q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
         *_strides(dv), h, group, t, s, sm_scale, sm_scale * LOG2E,
         HEAD_DIM=d, CAUSAL=causal, PRECISION=precision, SINGLE_HEAD=group == 1)
-    _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), b * h)](
-        q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        h, group, t, s, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=d, CAUSAL=causal, PRECISION=precision)
     return dq, dk, dv
 
 
@@ -486,8 +484,7 @@ def _flash_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
 @_flash_bwd_op.register_fake
 def _(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
       causal: bool) -> tuple[Tensor, Tensor, Tensor]:
-    b, h, t, d = q.shape
-    return q.new_empty((b, t, h, d)).transpose(1, 2), k.new_empty(k.shape), v.new_empty(v.shape)
+    return _dq_buffer(q, q.new_empty), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 class FlashAttentionFunction(torch.autograd.Function):
