@@ -47,7 +47,6 @@ from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.config import build_config  # noqa: E402
 from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
 from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
-from scratchlm.inference.kv_cache import KVCache  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
 from scratchlm.inference.speculative import SpeculativeDecoder  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
@@ -104,7 +103,7 @@ MODES = {"eager": (dict(cuda_graphs=False), False), "graphs": ({}, False), "grap
 class Ours:
     """One engine per (batch size, mode): every run of a shape reuses its cache and its CUDA graphs."""
 
-    def __init__(self, model: TransformerLM, max_len: int, prefill_graphs: bool = False):
+    def __init__(self, model: TransformerLM, max_len: int, prefill_graphs: bool = True):
         self.model, self.max_len, self.prefill_graphs, self.engines = model, max_len, prefill_graphs, {}
 
     def generate(self, prompts: list[list[int]], new_tokens: int, mode: str,
@@ -128,12 +127,6 @@ class Ours:
         full = timed(self.generate([prompt], new_tokens, mode), device, repeats)
         first = timed(self.generate([prompt], 1, mode), device, repeats)
         return {"tokens_per_second": (new_tokens - 1) / (full - first), "ttft_s": first, "total_s": full}
-
-
-def ours_prefill(model: TransformerLM, ids: torch.Tensor) -> Callable[[], object]:
-    cache = KVCache(model.config, 1, ids.shape[1], device=ids.device, dtype=next(model.parameters()).dtype)
-    positions = torch.arange(ids.shape[1], device=ids.device)
-    return torch.no_grad()(lambda: model(ids, positions, kv_cache=cache))
 
 
 # -- Hugging Face ---------------------------------------------------------------------------------------
@@ -161,7 +154,7 @@ def hf_generate(hf, prompts: torch.Tensor, new_tokens: int) -> Callable[[], obje
 def model_config(preset: str, args: argparse.Namespace) -> ModelConfig:
     config = build_config(TrainConfig, f"train/{preset}").model
     needed = args.prompt_len + args.new_tokens
-    return dataclasses.replace(config, context_length=max(config.context_length, needed, args.prefill_len))
+    return dataclasses.replace(config, context_length=max(config.context_length, needed, args.prefill_len + 1))
 
 
 def bytes_per_token(model: TransformerLM, context: float) -> float:
@@ -231,10 +224,12 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     save()
     result["batch_mode"] = batch_mode = args.batch_mode if device.type == "cuda" else "eager"
     # 2) prefill and time to first token (ours; HF's beside it below)
-    prefill_len = min(args.prefill_len, model.config.context_length)  # a checkpoint's context may be shorter
+    # Prefill = the engine's time to the first token of a long prompt (chunked, graphed prefill and one decode
+    # step), against HF's forward over the same prompt
+    prefill_len = min(args.prefill_len, model.config.context_length - 1)  # a checkpoint's context may be shorter
     long_prompt = prompts(1, prefill_len).to(device)
-    result["prefill"] = {"tokens": prefill_len,
-                         "ours": prefill_len / timed(ours_prefill(model, long_prompt), device, args.repeats)}
+    prefill = Ours(model, prefill_len + 1, args.prefill_graphs).generate(long_prompt.tolist(), 1, batch_mode)
+    result["prefill"] = {"tokens": prefill_len, "ours": prefill_len / timed(prefill, device, args.repeats)}
     hf = hf_model(model, dtype) if not args.no_hf else None
     if hf is not None:
         result["prefill"]["hf"] = prefill_len / timed(
@@ -385,7 +380,7 @@ def parse_args() -> argparse.Namespace:
                         help="engine mode of the batch runs on CUDA (compiled: one compilation per batch size)")
     parser.add_argument("--modes", type=lambda s: s.split(","), help=f"batch-1 decode modes, of {list(MODES)} "
                         "(default: all but the kernels ones that exist on the device)")
-    parser.add_argument("--prefill-graphs", action="store_true",
+    parser.add_argument("--prefill-graphs", action=argparse.BooleanOptionalAction, default=True,
                         help="engines replay prefill chunks as CUDA graphs too (EngineConfig.prefill_graphs)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode (minutes of compiling per batch size)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",

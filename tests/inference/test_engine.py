@@ -291,6 +291,8 @@ def test_errors():
         Engine(model, EngineConfig(max_len=33))
     with pytest.raises(ValueError, match="max_slots"):
         EngineConfig(max_slots=0)
+    with pytest.raises(ValueError, match="max_cuda_graphs must be >= 1"):
+        EngineConfig(max_cuda_graphs=0)
 
 
 def test_decode_step_traces_as_one_graph():
@@ -304,6 +306,19 @@ def test_decode_step_traces_as_one_graph():
         engine = Engine(model, EngineConfig(max_slots=2))
         engine._decode = torch.compile(engine._decode_step, backend="eager", dynamic=False, fullgraph=True)
         assert [o.token_ids for o in engine.generate(PROMPTS[:2], params)] == [o.token_ids for o in expected]
+
+
+@pytest.mark.gpu
+def test_graph_cache_keeps_at_most_max_cuda_graphs():
+    """With room for two graphs, prompts of many lengths (a prefill graph per padded length, decode bursts of
+    several row counts) keep evicting and re-capturing: outputs still equal the eager engine's."""
+    model = make_model().cuda()
+    prompts = [list(range(1, n + 1)) for n in (3, 17, 2, 30, 9, 17, 3)]
+    params = SamplingParams(max_tokens=2, temperature=0)
+    eager = Engine(model, EngineConfig(max_slots=2, sync_every=2, cuda_graphs=False)).generate(prompts, params)
+    graphed = Engine(model, EngineConfig(max_slots=2, sync_every=2, max_cuda_graphs=2))
+    assert [o.token_ids for o in graphed.generate(prompts, params)] == [o.token_ids for o in eager]
+    assert len(graphed._graphs.graphs) == 2
 
 
 @pytest.mark.gpu

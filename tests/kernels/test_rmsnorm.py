@@ -36,6 +36,15 @@ def test_triton_rms_norm_matches_float64(shape, dtype):
     check_fwd_bwd(lambda x, w: rms_norm(x, w, EPS), float64_rms_norm, [x, w], **TOLERANCES[dtype])
 
 
+def test_weight_gradient_reduction_over_many_partial_rows(monkeypatch):
+    """The dw reduction adds the programs' partial rows a tile at a time; shrink its tile so the interpreter's few
+    programs span several steps and a partly filled last tile, over columns that end mid-tile."""
+    monkeypatch.setattr(rmsnorm, "DW_BLOCK_PARTIALS", 2)
+    monkeypatch.setattr(rmsnorm, "DW_BLOCK_COLS", 16)
+    x, w = leaf(700, 40, dtype=torch.float32), leaf(40, dtype=torch.float32, scale=0.3)  # 11 programs
+    check_fwd_bwd(lambda x, w: rms_norm(x, w, EPS), float64_rms_norm, [x, w], **TOLERANCES[torch.float32])
+
+
 def test_triton_rms_norm_mixed_dtypes_like_autocast():
     """bfloat16 activations with a float32 weight (qk-norm under autocast): y and dx in bfloat16, dw in float32."""
     x, w = leaf(4, 9, 64, dtype=torch.bfloat16), leaf(64, dtype=torch.float32)

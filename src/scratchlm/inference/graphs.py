@@ -8,21 +8,26 @@ then captures it; every later call of that key replays the graph. Off CUDA, or d
 The function must read and write only tensors that outlive its graphs (allocated by the caller: caches,
 state, output buffers) and must not sync with the host. Its temporaries come from one memory pool shared by
 all graphs of a `GraphCache`, which is safe because they are replayed one at a time and none leaves a live
-temporary behind.
+temporary behind. At most `max_graphs` are kept: past that the least recently replayed one is dropped (a
+server meeting many prompt shapes would otherwise keep capturing for ever).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import torch
 
 
 class GraphCache:
-    def __init__(self, device: torch.device, enabled: bool = True):
+    def __init__(self, device: torch.device, enabled: bool = True, max_graphs: int = 256):
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.device = device
         self.enabled = enabled and device.type == "cuda"
-        self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        self.max_graphs = max_graphs
+        self.graphs: OrderedDict[Hashable, torch.cuda.CUDAGraph] = OrderedDict()  # least recently used first
         self._pool = torch.cuda.graph_pool_handle() if self.enabled else None
 
     def run(self, key: Hashable, fn: Callable[[], None]) -> None:
@@ -32,8 +37,11 @@ class GraphCache:
             return
         graph = self.graphs.get(key)
         if graph is not None:
+            self.graphs.move_to_end(key)
             graph.replay()
             return
+        if len(self.graphs) == self.max_graphs:
+            self.graphs.popitem(last=False)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):

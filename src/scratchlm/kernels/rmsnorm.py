@@ -27,6 +27,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 MAX_BLOCK_D = 16_384  # one row lives in registers: 16k float32 over 16 warps is 32 values a thread
 TILE_ELEMENTS = 4096  # elements a program holds per step; several short rows share a program
 PROGRAMS_PER_SM = 4  # backward programs: enough to fill the GPU, few enough that the dw partials stay small
+DW_BLOCK_PARTIALS, DW_BLOCK_COLS = 32, 64  # the dw reduction's tile: partial rows x columns a program adds per step
 
 
 @triton.jit
@@ -75,6 +76,20 @@ def _rms_norm_bwd_kernel(
         tl.store(DX + rows64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * x_hat  # masked rows and columns loaded as 0 add nothing
     tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _dw_reduce_kernel(DW_PARTIAL, DW, n_partials, n_cols, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dw = the column sums of the (n_partials, n_cols) float32 partials, stored in the weight's dtype: one
+    launch where torch's sum and cast took two."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < n_cols
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(0, n_partials, BLOCK_P):
+        rows = start + tl.arange(0, BLOCK_P)
+        acc += tl.load(DW_PARTIAL + rows[:, None] * n_cols + cols[None, :],
+                       mask=(rows < n_partials)[:, None] & col_ok[None, :], other=0.0)
+    tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
 
 
 def _tiles(n_cols: int) -> tuple[int, int, int]:
@@ -133,14 +148,16 @@ def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tu
     n_programs = max(1, min(triton.cdiv(n_rows, block_rows), PROGRAMS_PER_SM * kernels.sm_count(x.device)))
     rows_per_program = max(1, triton.cdiv(triton.cdiv(n_rows, n_programs), block_rows)) * block_rows
     n_programs = max(1, triton.cdiv(n_rows, rows_per_program))
+    dw = kernels.output_buffer((n_cols,), weight.dtype, x.device)
+    if not n_rows:
+        return dx.view(x.shape), dw.zero_()
     dw_partial = kernels.output_buffer((n_programs, n_cols), torch.float32, x.device)
-    if n_rows:
-        _rms_norm_bwd_kernel[(n_programs,)](
-            x2, weight, dy2, rstd, dx, dw_partial, n_rows, n_cols, x2.stride(0), dy2.stride(0), dx.stride(0),
-            rows_per_program, BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps)
-    else:
-        dw_partial.zero_()
-    return dx.view(x.shape), dw_partial.sum(0).to(weight.dtype)
+    _rms_norm_bwd_kernel[(n_programs,)](
+        x2, weight, dy2, rstd, dx, dw_partial, n_rows, n_cols, x2.stride(0), dy2.stride(0), dx.stride(0),
+        rows_per_program, BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps)
+    _dw_reduce_kernel[(triton.cdiv(n_cols, DW_BLOCK_COLS),)](dw_partial, dw, n_programs, n_cols,
+                                                             BLOCK_P=DW_BLOCK_PARTIALS, BLOCK_C=DW_BLOCK_COLS)
+    return dx.view(x.shape), dw
 
 
 # The launchers as custom ops: torch.compile sees an opaque call with known output shapes (the fake
