@@ -309,6 +309,28 @@ def test_decode_step_traces_as_one_graph():
 
 
 @pytest.mark.gpu
+def test_bf16_decode_kernels_with_programmatic_dependent_launch(monkeypatch):
+    """A bf16 batch-1 decode runs the fused GEMV and the decode-attention kernels, launched with programmatic
+    dependent launch on Hopper: replayed from CUDA graphs they give the eager engine's greedy tokens, and the
+    same tokens with PDL off."""
+    from scratchlm import kernels
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, context_length=64, d_model=128, n_layers=2, n_heads=2)  # head dim 64
+    model = TransformerLM(cfg, device="cuda", dtype=torch.bfloat16).eval()
+    params = SamplingParams(max_tokens=12, temperature=0)
+
+    def tokens(**config):
+        return [o.token_ids for o in Engine(model, EngineConfig(max_slots=1, sync_every=4, **config)).generate(
+            PROMPTS, params)]
+
+    expected = tokens(cuda_graphs=False)
+    assert tokens() == expected
+    monkeypatch.setattr(kernels, "PDL", False)
+    assert tokens() == expected
+
+
+@pytest.mark.gpu
 def test_graph_cache_keeps_at_most_max_cuda_graphs():
     """With room for two graphs, prompts of many lengths (a prefill graph per padded length, decode bursts of
     several row counts) keep evicting and re-capturing: outputs still equal the eager engine's."""

@@ -14,6 +14,7 @@ server meeting many prompt shapes would otherwise keep capturing for ever).
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -47,6 +48,16 @@ class GraphCache:
         with torch.cuda.stream(side):
             fn()
         torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = self.graphs[key] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):  # records fn's kernels without running them
-            fn()
+        graph = torch.cuda.CUDAGraph()
+        # No garbage collection while capturing: a collected reference cycle that holds CUDA graphs (an engine
+        # dropped by its caller) would destroy them mid-capture, which invalidates the capture (the likely cause
+        # of a failure seen once on the H100: a 1.3B engine's capture, just after a 124M engine was dropped).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):  # records fn's kernels without running them
+                fn()
+        finally:
+            if collecting:
+                gc.enable()
+        self.graphs[key] = graph  # only a complete capture is kept (a failed one raises above)

@@ -16,10 +16,28 @@ decorates a kernel): that is how the tests run them without a GPU.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 from torch import Tensor
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Programmatic dependent launch for the decode kernels (GEMV, decode attention): on Hopper and later a kernel
+# may start while the one before it finishes, reading what does not depend on it (a GEMV its weights) until
+# `gdc_wait`. SCRATCHLM_PDL=0 turns it off.
+PDL = os.environ.get("SCRATCHLM_PDL", "1") != "0"
+
+
+@functools.cache
+def _hopper_or_later(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_options(t: Tensor) -> dict[str, bool]:
+    """Launch options for a kernel that supports programmatic dependent launch (its PDL constexpr says whether
+    to wait on the kernel before): {"launch_pdl": True} on a Hopper-or-later GPU with PDL on, else {}."""
+    return {"launch_pdl": True} if PDL and t.is_cuda and _hopper_or_later(t.device) else {}
 
 
 def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

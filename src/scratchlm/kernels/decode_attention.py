@@ -40,11 +40,14 @@ PROGRAMS_PER_SM = 4  # splits of the key slots are added until B x H x splits re
 def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, stride_qh, stride_kb, stride_kh,
                              stride_ks, stride_vb, stride_vh, stride_vs, stride_pos, stride_ob, stride_oh,
                              split_len, window, scale_log2, GROUP: tl.constexpr, D: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+                             BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
     """Visible slots of a row at position p: [max(0, p - window + 1), p] (window 0: [0, p]). SPLIT: slots
     [split * split_len, (split + 1) * split_len) only, and OUT (B, H, splits, D) float32 gets the unnormalised
     weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D) gets the
     attention output."""
+    if PDL:  # everything here depends on the kernel before; let the next one start (and read its weights)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     split = tl.program_id(2)
@@ -84,8 +87,11 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
 
 @triton.jit
 def _combine_splits_kernel(ACC_PART, M_PART, L_PART, OUT, stride_ob, stride_oh, n_splits, D: tl.constexpr,
-                           BLOCK_SPLITS: tl.constexpr):
+                           BLOCK_SPLITS: tl.constexpr, PDL: tl.constexpr):
     """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s over the splits s of one (row, head), m = max m_s."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_SPLITS)
@@ -151,6 +157,7 @@ def launch(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: i
     sm_count = kernels.sm_count(q.device)
     block_n, num_warps, programs_per_sm = config or tiles(b, h, k.shape[2], d, sm_count)
     out = kernels.output_buffer(q.shape, q.dtype, q.device)
+    pdl = kernels.pdl_options(q)
     stride_pos = positions.stride(0) if positions.shape[0] > 1 else 0  # one position shared by every row
     n_splits, split_len = splits(b, h, k.shape[2], sm_count, block_n, programs_per_sm)
     if n_splits > 1:
@@ -162,10 +169,11 @@ def launch(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: i
         q, k, v, positions, acc_part, m_part, l_part, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         k.stride(2), v.stride(0), v.stride(1), v.stride(2), stride_pos, out.stride(0), out.stride(1), split_len,
         sliding_window or 0, 1.4426950408889634 / d**0.5, GROUP=h // k.shape[1], D=d, BLOCK_N=block_n,
-        SPLIT=n_splits > 1, num_warps=num_warps)
+        SPLIT=n_splits > 1, PDL=bool(pdl), num_warps=num_warps, **pdl)
     if n_splits > 1:
         _combine_splits_kernel[(b, h)](acc_part, m_part, l_part, out, out.stride(0), out.stride(1), n_splits, D=d,
-                                       BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=4)
+                                       BLOCK_SPLITS=triton.next_power_of_2(n_splits), PDL=bool(pdl), num_warps=4,
+                                       **pdl)
     return out
 
 
