@@ -147,6 +147,16 @@ def _key_range(start_m, T, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUS
     return full, end
 
 
+@triton.jit
+def _query_program(T, H, GROUP, BLOCK_M: tl.constexpr):
+    """(first query, batch * H + head, batch, head, kv head) of this program, which owns one block of BLOCK_M
+    queries of one head; grid (B * H, query blocks), the last blocks (under the causal mask the longest) first."""
+    start_m = (tl.cdiv(T, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    return start_m, bh, b, h, h // GROUP
+
+
 @_autotune(FWD_TILES, float32=(64, 64, 4, 2), interpreted=(32, 16), key=TUNE_KEY)
 @triton.jit
 def _attn_fwd_kernel(
@@ -157,10 +167,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = (tl.cdiv(T, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M  # the last (causal: longest) blocks first
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    kvh = h // GROUP
+    start_m, bh, b, h, kvh = _query_program(T, H, GROUP, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -330,10 +337,7 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = (tl.cdiv(T, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M  # the last (causal: longest) blocks first
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    kvh = h // GROUP
+    start_m, bh, b, h, kvh = _query_program(T, H, GROUP, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
