@@ -96,6 +96,76 @@ def test_launcher_rejects_bad_inputs():
         gemv(x, w.half())
 
 
+def rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in float64 on (..., D), pairs (j, j + D/2)."""
+    x1, x2 = x.double().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+@pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim", "k"), [(4, 2, 16, 48), (3, 3, 8, 100), (2, 1, 64, 64)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "no-norm"])
+def test_gemv_qkv_rotates_and_stores_into_the_cache(n_heads, n_kv_heads, head_dim, k, dtype, norm):
+    """q returned and k rotated by RoPE at the row's position, k and v written into slot 0 of the caches at that
+    position and nothing else of the caches touched; against float64 projections and rotations."""
+    from scratchlm.model.rope import RotaryEmbedding
+
+    slots, length, position = 3, 11, 7
+    rope = RotaryEmbedding(head_dim, length, theta=500.0, device=DEVICE)
+    x, w = operands((n_heads + 2 * n_kv_heads) * head_dim, k, dtype)
+    x = x * 3.0
+    g = (1 + 0.5 * torch.randn(k, dtype=torch.float64, device=DEVICE)).to(dtype) if norm else None
+    caches = [torch.randn(slots, n_kv_heads, length, head_dim, device=DEVICE).to(dtype) for _ in range(2)]
+    before = [c.clone() for c in caches]
+    q = gv.gemv_qkv(x, w, g, 1e-5, rope.cos, rope.sin, torch.tensor([position], device=DEVICE), *caches, n_heads)
+
+    inputs = rms_norm64(x, g, 1e-5) if norm else x.double()
+    q64, k64, v64 = (inputs @ w.double().T).split((n_heads * head_dim, n_kv_heads * head_dim,
+                                                  n_kv_heads * head_dim), dim=-1)
+    cos, sin = rope.cos[position], rope.sin[position]
+    assert q.shape == (1, n_heads * head_dim) and q.dtype == dtype
+    assert_close_scaled(q.double(), rotate64(q64.view(n_heads, head_dim), cos, sin).view(1, -1), "q",
+                        **TOLERANCES[dtype])
+    for name, cache, old, expected in [("k", caches[0], before[0], rotate64(k64.view(n_kv_heads, head_dim), cos, sin)),
+                                       ("v", caches[1], before[1], v64.view(n_kv_heads, head_dim))]:
+        assert_close_scaled(cache[0, :, position].double(), expected, f"{name} cache", **TOLERANCES[dtype])
+        written = torch.zeros_like(cache, dtype=torch.bool)
+        written[0, :, position] = True
+        assert torch.equal(cache[~written], old[~written]), f"{name} cache changed outside slot 0, position {position}"
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: the declared mutations (gemv_qkv writes the caches, nothing else) and the fake
+    implementations (what torch.compile plans with) match what the kernels do."""
+    from scratchlm.model.rope import RotaryEmbedding
+
+    rope = RotaryEmbedding(8, 4, device=DEVICE)
+    x, w = operands(4 * 8, 16, torch.float32)
+    caches = [torch.zeros(1, 1, 4, 8, device=DEVICE) for _ in range(2)]
+    torch.library.opcheck(torch.ops.scratchlm.gemv, (x, w, torch.ones(16, device=DEVICE), 1e-5, None, False))
+    torch.library.opcheck(torch.ops.scratchlm.gemv_qkv, (x, w, None, 1e-5, rope.cos, rope.sin,
+                                                         torch.tensor([2], device=DEVICE), *caches, 2))
+
+
+def test_gemv_qkv_arguments_are_checked():
+    from scratchlm.model.rope import RotaryEmbedding
+
+    rope = RotaryEmbedding(8, 4, device=DEVICE)
+    x, w = operands(4 * 8, 16, torch.float32)  # 2 query heads + 1 key + 1 value head of 8
+    cache = torch.zeros(1, 1, 4, 8, device=DEVICE)
+    position = torch.tensor([1], device=DEVICE)
+    gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position, cache, cache.clone(), 2)  # valid
+    with pytest.raises(ValueError, match="n_heads"):
+        gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position, cache, cache.clone(), 3)
+    with pytest.raises(ValueError, match="caches"):
+        gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position, cache, cache[..., :4].clone(), 2)
+    with pytest.raises(ValueError, match="cos and sin"):
+        gv.gemv_qkv(x, w, None, 1e-5, rope.cos[:, :3], rope.sin, position, cache, cache.clone(), 2)
+    with pytest.raises(ValueError, match="position"):
+        gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position.int(), cache, cache.clone(), 2)
+
+
 def test_applies_only_to_one_half_row_on_cuda_without_grad():
     x, w = operands(8, 16, torch.bfloat16)
     assert not gv.applies(x.cpu(), w.cpu())  # CPU: the matmul
@@ -107,6 +177,42 @@ def test_applies_only_to_one_half_row_on_cuda_without_grad():
                 assert not gv.applies(x, w)
         with gv.enabled(True):
             assert not gv.applies(x, w)  # autograd on: training keeps the matmul
+
+
+def test_attention_decodes_through_the_qkv_kernel(monkeypatch):
+    """The model's one-row decode path with the kernels taking every product (forced on for float32 rows, so it
+    runs here too): the fused projection + RoPE + cache store gives the unfused model's logits and cache, a
+    prefill (several rows) and QK-norm models keep the separate operations."""
+    from scratchlm.inference.kv_cache import KVCache
+    from scratchlm.model import ModelConfig, TransformerLM, layers
+
+    calls = []
+
+    def counted_qkv(*args):
+        calls.append(args[0].shape)
+        return gv.gemv_qkv(*args)
+
+    forced = layers._GemvKernels(lambda x, w: x.numel() == x.shape[-1] and not torch.is_grad_enabled(), gv.gemv,
+                                 counted_qkv)
+    for qk_norm in (False, True):
+        config = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16,
+                             qk_norm=qk_norm)
+        model = TransformerLM(config, device=DEVICE).eval()
+        prompt = torch.randint(0, 50, (1, 6), device=DEVICE)
+        results = []
+        for kernels in (None, forced):
+            monkeypatch.setattr(layers, "_gemv", kernels)
+            cache = KVCache(config, 1, device=DEVICE)
+            with torch.no_grad():
+                model(prompt[:, :-1], torch.arange(5, device=DEVICE), kv_cache=cache)
+                logits = model(prompt[:, -1:], torch.tensor([5], device=DEVICE), kv_cache=cache)
+            results.append((logits, cache))
+        (plain, plain_cache), (fused, fused_cache) = results
+        assert len(calls) == (0 if qk_norm else config.n_layers), calls  # the decode step's layers only
+        assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
+        for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
+            assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])
+        calls.clear()
 
 
 @pytest.mark.gpu

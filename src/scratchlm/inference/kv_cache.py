@@ -33,9 +33,18 @@ class LayerKV:
         rows = torch.arange(b, device=k.device) if self.rows is None else self.rows
         self.k[rows[:, None], :, pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: (b, t, n_kv_heads, head_dim)
         self.v[rows[:, None], :, pos] = v.transpose(1, 2).to(self.v.dtype)
-        if self.rows is None:  # a view of the leading slots: decoding reads the cache in place
-            return self.k[:b, :, :self.length], self.v[:b, :, :self.length]
+        if self.rows is None:
+            return self.stored(b)
         return self.k[self.rows, :, :self.length], self.v[self.rows, :, :self.length]  # gathered copies (prefill)
+
+    def in_place(self) -> tuple[Tensor, Tensor] | None:
+        """The layer's whole k and v tensors when the batch rows are the leading slots (decoding: a kernel may
+        write a step's keys and values into them itself, then read them back with `stored`), else None."""
+        return (self.k, self.v) if self.rows is None else None
+
+    def stored(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The first `batch` slots' cache, a view (decoding reads the cache in place); rows must be None."""
+        return self.k[:batch, :, :self.length], self.v[:batch, :, :self.length]
 
 
 class KVCache:

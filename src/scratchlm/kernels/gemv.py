@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -75,9 +76,17 @@ def _chunk_product(X, G, w, offs_k, K, rstd, NORM: tl.constexpr, GATED: tl.const
 
 
 @triton.jit
-def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, NORM: tl.constexpr, GATED: tl.constexpr,
-                 RESIDUAL: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, stride_kch, stride_kcs, stride_vch,
+                 stride_vcs, n_heads, n_kv_heads, NORM: tl.constexpr, GATED: tl.constexpr,
+                 RESIDUAL: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ROPE: W is attention's stacked q, k, v projection (heads of 2 * HALF rows) and each program owns one
+    rotation pair of one head, rows (j, j + HALF), BLOCK_N = 2 (see `_store_rotated`); else BLOCK_N rows."""
+    if ROPE:
+        pair = tl.program_id(0)
+        offs_n = (pair // HALF) * (2 * HALF) + pair % HALF + tl.arange(0, BLOCK_N) * HALF
+    else:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = offs_n < N
     w_rows = W + offs_n.to(tl.int64)[:, None] * stride_wn
     # The weights' first chunk (all of a row up to 2048 columns) does not depend on the kernel before: under
@@ -100,9 +109,40 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, NORM: tl.constexpr, GATED:
         offs_k = start + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :], other=0.0)
         acc += _chunk_product(X, G, w, offs_k, K, rstd, NORM, GATED)
-    if RESIDUAL:  # residual + (x W^T rounded), as the unfused model adds two tensors of the activation dtype
-        acc = acc.to(Y.dtype.element_ty).to(tl.float32) + tl.load(R + offs_n, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=row_ok)
+    if ROPE:
+        _store_rotated(acc.to(Y.dtype.element_ty).to(tl.float32), Y, COS, SIN, POS, KC, VC, stride_kch,
+                       stride_kcs, stride_vch, stride_vcs, n_heads, n_kv_heads, HALF)
+    else:
+        if RESIDUAL:  # residual + (x W^T rounded), as the unfused model adds two tensors of the activation dtype
+            acc = acc.to(Y.dtype.element_ty).to(tl.float32) + tl.load(R + offs_n, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _store_rotated(y, Y, COS, SIN, POS, KC, VC, stride_kch, stride_kcs, stride_vch, stride_vcs, n_heads,
+                   n_kv_heads, HALF: tl.constexpr):
+    """y (2,): rows (j, j + HALF) of head `pair // HALF` of the stacked projection, rounded to the activation
+    dtype. A query or key pair is rotated by RoPE's angle at the row's position (in float32, from the tables'
+    values, as `RotaryEmbedding.rotate` does); queries go to Y, keys and values to the cache at that position."""
+    pair = tl.program_id(0)
+    head = pair // HALF
+    j = pair % HALF
+    dims = j + tl.arange(0, 2) * HALF  # the pair's dimensions within its head
+    position = tl.load(POS)
+    if head < n_heads + n_kv_heads:
+        cos = tl.load(COS + position * HALF + j).to(tl.float32)
+        sin = tl.load(SIN + position * HALF + j).to(tl.float32)
+        first = tl.arange(0, 2) == 0
+        y1 = tl.sum(tl.where(first, y, 0.0), axis=0)
+        y2 = tl.sum(tl.where(first, 0.0, y), axis=0)
+        y = tl.where(first, y1 * cos - y2 * sin, y2 * cos + y1 * sin)
+    if head < n_heads:
+        tl.store(Y + head * 2 * HALF + dims, y.to(Y.dtype.element_ty))
+    elif head < n_heads + n_kv_heads:
+        tl.store(KC + (head - n_heads) * stride_kch + position * stride_kcs + dims, y.to(KC.dtype.element_ty))
+    else:
+        tl.store(VC + (head - n_heads - n_kv_heads) * stride_vch + position * stride_vcs + dims,
+                 y.to(VC.dtype.element_ty))
 
 
 def config(k: int) -> tuple[int, int, int, int]:
@@ -114,19 +154,43 @@ def config(k: int) -> tuple[int, int, int, int]:
     return 2, block_k, 8 if block_k >= 2048 else 4, 3
 
 
+@dataclass(frozen=True)
+class RopeStore:
+    """What the ROPE epilogue needs (`gemv_qkv`): RoPE's cos and sin tables (max_len, D/2), the row's position
+    (1,) long, the layer's key and value caches (slots, KV, S, D) of which slot 0 is the row's, and H."""
+
+    cos: Tensor
+    sin: Tensor
+    position: Tensor
+    k_cache: Tensor
+    v_cache: Tensor
+    n_heads: int
+
+
 def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: float = 1e-5,
            residual: Tensor | None = None, gated: bool = False,
-           tiles: tuple[int, int, int, int] | None = None) -> Tensor:
+           tiles: tuple[int, int, int, int] | None = None, rope: RopeStore | None = None) -> Tensor:
     """The kernel on checked, contiguous inputs. tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages), default
-    `config(K)` (benchmarks/gemv.py sweeps the alternatives)."""
+    `config(K)` (benchmarks/gemv.py sweeps the alternatives); with `rope` the output is q only (H x D)."""
     n, k = weight.shape
-    y = kernels.output_buffer((*x.shape[:-1], n), x.dtype, x.device)
     block_n, block_k, num_warps, num_stages = tiles or config(k)
     pdl = kernels.pdl_options(x)
+    if rope is None:
+        y = kernels.output_buffer((*x.shape[:-1], n), x.dtype, x.device)
+        cos = sin = position = k_cache = v_cache = x  # not read
+        cache_strides, n_heads, n_kv_heads, half = (0, 0, 0, 0), 0, 0, 1
+    else:
+        cos, sin, position, k_cache, v_cache = rope.cos, rope.sin, rope.position, rope.k_cache, rope.v_cache
+        half, n_heads, n_kv_heads = k_cache.shape[-1] // 2, rope.n_heads, k_cache.shape[1]
+        y = kernels.output_buffer((*x.shape[:-1], n_heads * 2 * half), x.dtype, x.device)
+        cache_strides = (k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2))
+        block_n = 2  # one rotation pair a program
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, y, x if norm_weight is None else norm_weight, x if residual is None else residual, n, k,
-        weight.stride(0), eps, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None,
-        PDL=bool(pdl), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages, **pdl)
+        weight.stride(0), eps, cos, sin, position, k_cache, v_cache, *cache_strides, n_heads, n_kv_heads,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, ROPE=rope is not None,
+        HALF=half, PDL=bool(pdl), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+        **pdl)
     return y
 
 
@@ -142,13 +206,20 @@ def _(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, residua
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def gemv(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: float = 1e-5,
-         residual: Tensor | None = None, gated: bool = False) -> Tensor:
-    """x (..., K) holding one row, weight (N, K) -> x @ weight.T (..., N), in x's dtype; forward only.
-    Fused around the product (what a decode step does next to each matrix, saved a kernel each):
-      norm_weight (K,): RMSNorm first, x * rsqrt(mean(x^2) + eps) * norm_weight;
-      gated: x is (..., 2K) = [gate, up] and the input is silu(gate) * up (SwiGLU's down projection);
-      residual (..., N): added to the product."""
+@torch.library.custom_op("scratchlm::gemv_qkv", mutates_args=("k_cache", "v_cache"))
+def _gemv_qkv_op(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,
+                 position: Tensor, k_cache: Tensor, v_cache: Tensor, n_heads: int) -> Tensor:
+    return launch(x, weight, norm_weight, eps, rope=RopeStore(cos, sin, position, k_cache, v_cache, n_heads))
+
+
+@_gemv_qkv_op.register_fake
+def _(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,
+      position: Tensor, k_cache: Tensor, v_cache: Tensor, n_heads: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], n_heads * k_cache.shape[-1]))
+
+
+def _check_operands(x: Tensor, weight: Tensor, norm_weight: Tensor | None, residual: Tensor | None,
+                    gated: bool) -> None:
     kernels.check_device(INTERPRETED, *(t for t in (x, weight, norm_weight, residual) if t is not None))
     kernels.check_dtype("gemv inputs", x.dtype)
     n, k = weight.shape if weight.dim() == 2 else (-1, -1)
@@ -160,6 +231,45 @@ def gemv(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: floa
     if residual is not None and (residual.shape != (*x.shape[:-1], n) or residual.dtype != x.dtype):
         raise ValueError(f"residual must be {(*x.shape[:-1], n)} {x.dtype}, got {tuple(residual.shape)} "
                          f"{residual.dtype}")
-    return _gemv_op(x.contiguous(), weight if weight.stride(1) == 1 else weight.contiguous(),
-                    None if norm_weight is None else norm_weight.contiguous(), eps,
-                    None if residual is None else residual.contiguous(), gated)
+
+
+def _contiguous_rows(weight: Tensor) -> Tensor:
+    return weight if weight.stride(1) == 1 else weight.contiguous()
+
+
+def gemv(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: float = 1e-5,
+         residual: Tensor | None = None, gated: bool = False) -> Tensor:
+    """x (..., K) holding one row, weight (N, K) -> x @ weight.T (..., N), in x's dtype; forward only.
+    Fused around the product (what a decode step does next to each matrix, saved a kernel each):
+      norm_weight (K,): RMSNorm first, x * rsqrt(mean(x^2) + eps) * norm_weight;
+      gated: x is (..., 2K) = [gate, up] and the input is silu(gate) * up (SwiGLU's down projection);
+      residual (..., N): added to the product."""
+    _check_operands(x, weight, norm_weight, residual, gated)
+    return _gemv_op(x.contiguous(), _contiguous_rows(weight), None if norm_weight is None else norm_weight.contiguous(),
+                    eps, None if residual is None else residual.contiguous(), gated)
+
+
+def gemv_qkv(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,
+             position: Tensor, k_cache: Tensor, v_cache: Tensor, n_heads: int) -> Tensor:
+    """Attention's input side for one decode row in one kernel: [q, k, v] = norm(x) @ weight.T (weight stacks H
+    query heads, then KV key heads and KV value heads of D rows), q and k rotated by RoPE at `position` (tables
+    cos, sin: (max_len, D/2), angle of position p and pair j at [p, j]; pairs are dimensions (j, j + D/2)), k
+    and v written into slot 0 of the caches (slots, KV, S, D) at that position. Returns q (..., H x D).
+    norm_weight: RMSNorm first, as in `gemv` (None: no norm). Saves the separate RoPE and cache-write kernels
+    of a decode step (scratchlm.model.attention uses it when `linear` would run `gemv` on the projection)."""
+    _check_operands(x, weight, norm_weight, None, False)
+    _, n_kv_heads, _, head_dim = k_cache.shape if k_cache.dim() == 4 else (0, 0, 0, 0)
+    if (k_cache.dim() != 4 or v_cache.shape != k_cache.shape or k_cache.dtype != x.dtype or v_cache.dtype != x.dtype or head_dim % 2
+            or n_heads < 1 or weight.shape[0] != (n_heads + 2 * n_kv_heads) * head_dim
+            or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
+        raise ValueError(f"gemv_qkv needs k and v caches (slots, KV, S, D) of x's dtype, contiguous in D, D even, and "
+                         f"weight ((n_heads + 2 KV) D, K); got caches {tuple(k_cache.shape)} {k_cache.dtype} / "
+                         f"{tuple(v_cache.shape)} {v_cache.dtype}, weight {tuple(weight.shape)}, n_heads {n_heads}")
+    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim // 2:
+        raise ValueError(f"cos and sin must be (max_len, {head_dim // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if position.dtype != torch.long or position.numel() != 1:
+        raise ValueError(f"position must hold one long, got {position.dtype} {tuple(position.shape)}")
+    kernels.check_device(INTERPRETED, x, cos, sin, position, k_cache, v_cache)
+    return _gemv_qkv_op(x.contiguous(), _contiguous_rows(weight),
+                        None if norm_weight is None else norm_weight.contiguous(), eps, cos.contiguous(),
+                        sin.contiguous(), position.reshape(1), k_cache, v_cache, n_heads)

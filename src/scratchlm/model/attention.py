@@ -22,16 +22,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, softmax
+from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, one_row_kernels, softmax
 from scratchlm.model.rope import RotaryEmbedding
 
 AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None, positions=None) -> out
 
 
 class LayerCache(Protocol):
-    """One layer's key/value store (see scratchlm.inference.kv_cache): `update` returns the k/v of kv_len slots."""
+    """One layer's key/value store (see scratchlm.inference.kv_cache): `update` stores and returns the k/v of
+    kv_len slots; `in_place` hands out the tensors for a kernel that stores into them (None: use `update`),
+    `stored` the batch rows' k/v after such a store."""
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def in_place(self) -> tuple[Tensor, Tensor] | None: ...
+
+    def stored(self, batch: int) -> tuple[Tensor, Tensor]: ...
 
 
 def causal_mask(q_len: int, kv_len: int, sliding_window: int | None = None, device: torch.device | None = None) -> Tensor:
@@ -158,21 +164,40 @@ class CausalSelfAttention(nn.Module):
         once for all layers."""
         b, t, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x, norm=norm).split((q_dim, kv_dim, kv_dim), dim=-1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (b, H, t, hd)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, K, t, hd)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope_tables is None:
-            rope_tables = self.rope.tables(positions, compute_dtype(q.dtype))
-        q, k = self.rope.rotate(q, rope_tables), self.rope.rotate(k, rope_tables)
+        q = None if cache is None else self._project_into_cache(x, positions, cache, norm)
+        if q is not None:  # one kernel projected, rotated and stored this step's keys and values
+            k, v = cache.stored(b)
+        else:
+            q, k, v = self.qkv_proj(x, norm=norm).split((q_dim, kv_dim, kv_dim), dim=-1)
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (b, H, t, hd)
+            k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, K, t, hd)
+            v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope_tables is None:
+                rope_tables = self.rope.tables(positions, compute_dtype(q.dtype))
+            q, k = self.rope.rotate(q, rope_tables), self.rope.rotate(k, rope_tables)
+            if cache is not None:
+                k, v = cache.update(k, v, positions)  # (b, K, kv_len, hd)
         attention = get_attention(self.backend, x.device.type)
         if cache is None:
             out = attention(q, k, v, self.sliding_window)
         else:
-            k, v = cache.update(k, v, positions)  # (b, K, kv_len, hd)
             if mask is None:
                 mask = position_mask(positions, k.shape[2], self.sliding_window)
             out = attention(q, k, v, self.sliding_window, mask, positions)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)
+
+    def _project_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache,
+                            norm: RMSNorm | None) -> Tensor | None:
+        """q (1, H, 1, hd) of one decode row, its k and v already rotated and stored in the cache, by one kernel
+        (scratchlm.kernels.gemv.gemv_qkv) where the one-row GEMV takes the projection, the cache allows it and
+        there is no QK-norm (it needs whole heads before the rotation); None elsewhere."""
+        kernels = one_row_kernels(x, self.qkv_proj.weight)
+        stores = cache.in_place() if kernels is not None and self.q_norm is None else None
+        if stores is None or stores[0].dtype != x.dtype or positions.numel() != 1:
+            return None
+        q = kernels.gemv_qkv(x, self.qkv_proj.weight, None if norm is None else norm.weight,
+                             1e-5 if norm is None else norm.eps, self.rope.cos, self.rope.sin, positions.reshape(1),
+                             *stores, self.n_heads)
+        return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)

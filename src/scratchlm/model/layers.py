@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +21,20 @@ def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
 
-GemvFns = tuple[Callable[[Tensor, Tensor], bool], Callable[..., Tensor]]
-_gemv: GemvFns | None = None  # (applies, gemv) of scratchlm.kernels.gemv once a Linear found it
+class _GemvKernels(NamedTuple):
+    """scratchlm.kernels.gemv's entry points (kept as functions, not the module, so that models still deep-copy)."""
+
+    applies: Callable[[Tensor, Tensor], bool]
+    gemv: Callable[..., Tensor]
+    gemv_qkv: Callable[..., Tensor]
+
+
+_gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
 
 
 def _load_gemv() -> None:
     """Find scratchlm.kernels.gemv when there is a GPU and Triton imports. Called as Linear layers are built (an
-    import inside a torch.compile'd forward would break the graph); kept as functions, not the module, so that
-    models still deep-copy."""
+    import inside a torch.compile'd forward would break the graph)."""
     global _gemv
     if _gemv is not None or not torch.cuda.is_available():
         return
@@ -35,7 +42,13 @@ def _load_gemv() -> None:
         module = importlib.import_module("scratchlm.kernels.gemv")
     except ImportError:
         return
-    _gemv = module.applies, module.gemv
+    _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
+
+
+def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
+    """The GEMV kernels when they take this product (one half-precision CUDA row under no_grad, the kernel on:
+    batch-1 decoding), else None."""
+    return _gemv if _gemv is not None and _gemv.applies(x, weight) else None
 
 
 def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool = False,
@@ -43,9 +56,9 @@ def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool =
     """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing.
     One row under the Triton GEMV (batch-1 decoding, see scratchlm.kernels.gemv.enabled) runs all of it as one
     kernel; otherwise these are the separate operations."""
-    if _gemv is not None and _gemv[0](x, weight):
-        return _gemv[1](x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
-                        residual, gated)
+    if (kernels := one_row_kernels(x, weight)) is not None:
+        return kernels.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                              residual, gated)
     if norm is not None:
         x = norm(x)
     if gated:
