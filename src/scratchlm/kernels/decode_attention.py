@@ -37,6 +37,18 @@ PROGRAMS_PER_SM = 4  # splits of the key slots are added until B x H x splits re
 
 
 @triton.jit
+def _attend(q, k, v, visible, m_i, l_i, acc):
+    """One block of keys k and values v (BLOCK_N, D) into the online softmax of q (D,) (scaled, log2 units):
+    the running max m_i, sum l_i and weighted values acc (D,), all float32, updated; slots not `visible` weigh 0.
+    Needs a visible slot in the block or a finite m_i (else exp2(-inf - -inf) is NaN)."""
+    scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+    alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+    p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where not visible
+    return m_new, l_i * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+
+
+@triton.jit
 def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, stride_qh, stride_kb, stride_kh,
                              stride_ks, stride_vb, stride_vh, stride_vs, stride_pos, stride_ob, stride_oh,
                              split_len, window, scale_log2, GROUP: tl.constexpr, D: tl.constexpr,
@@ -44,16 +56,18 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
     """Visible slots of a row at position p: [max(0, p - window + 1), p] (window 0: [0, p]). SPLIT: slots
     [split * split_len, (split + 1) * split_len) only, and OUT (B, H, splits, D) float32 gets the unnormalised
     weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D) gets the
-    attention output."""
-    if PDL:  # everything here depends on the kernel before; let the next one start (and read its weights)
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    attention output.
+
+    Under programmatic dependent launch the row's position and the split's first block of keys and values
+    are read before waiting for the kernel before, which wrote q and may have written the newest slot
+    (`scratchlm.kernels.gemv.gemv_qkv` stores the step's key and value there): that slot is read again after
+    the wait. The older slots and the positions must not come from the kernel right before if it lets its
+    dependents start early (none of this package's kernels writes them)."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     split = tl.program_id(2)
     kv_head = (head // GROUP).to(tl.int64)
     offs_d = tl.arange(0, D)
-    q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
     k_base = K + row * stride_kb + kv_head * stride_kh
     v_base = V + row * stride_vb + kv_head * stride_vh
     position = tl.load(POS + row * stride_pos).to(tl.int32)  # int32 loop bounds, as the split's own
@@ -61,21 +75,30 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
     split_start = split * split_len
     start_block = tl.maximum(split_start, (first_visible // BLOCK_N) * BLOCK_N)  # blocks before the window: skipped
     stop = tl.minimum(split_start + split_len, position + 1)  # blocks past the position: never visited
+    offs_n = start_block + tl.arange(0, BLOCK_N)
+    visible = (offs_n >= first_visible) & (offs_n <= position) & (start_block < stop)  # (BLOCK_N,)
+    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+    k = tl.load(k_ptrs, mask=visible[:, None], other=0.0)
+    v = tl.load(v_ptrs, mask=visible[:, None], other=0.0)
+    if PDL:  # the rest depends on the kernel before; let the next one start (and read its weights)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+        newest = (visible & (offs_n == position))[:, None]
+        k = tl.where(newest, tl.load(k_ptrs, mask=newest, other=0.0), k)
+        v = tl.where(newest, tl.load(v_ptrs, mask=newest, other=0.0), v)
+    q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
     m_i = tl.full((), float("-inf"), tl.float32)  # running max of the scores (log2 units)
     l_i = tl.zeros((), tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros((D,), tl.float32)  # running sum of exp2(score - m_i) * v
-    for start in range(start_block, stop, BLOCK_N):
+    if start_block < stop:
+        m_i, l_i, acc = _attend(q, k, v, visible, m_i, l_i, acc)
+    for start in range(start_block + BLOCK_N, stop, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        visible = (offs_n >= first_visible) & (offs_n <= position)  # (BLOCK_N,)
+        visible = (offs_n >= first_visible) & (offs_n <= position)
         k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=visible[:, None], other=0.0)
-        scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
-        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
-        p = tl.exp2(scores - m_new)  # (BLOCK_N,); 0 where not visible
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+        m_i, l_i, acc = _attend(q, k, v, visible, m_i, l_i, acc)
     if SPLIT:  # a split with no visible slot leaves m = -inf, l = 0, acc = 0: weight 0 in the combination
         part = (row * tl.num_programs(1) + head) * tl.num_programs(2) + split
         tl.store(M_PART + part, m_i)

@@ -62,16 +62,28 @@ def applies(x: Tensor, weight: Tensor) -> bool:
 
 
 @triton.jit
-def _chunk_product(X, G, w, offs_k, K, rstd, NORM: tl.constexpr, GATED: tl.constexpr):
+def _inputs(X, G, offs_k, K, NORM: tl.constexpr, GATED: tl.constexpr):
+    """One chunk of the row: x (gate when GATED), up (GATED; else x again) and the norm weight (NORM; else x)."""
+    ok = offs_k < K
+    x = tl.load(X + offs_k, mask=ok, other=0.0)
+    up = x
+    g = x
+    if GATED:
+        up = tl.load(X + K + offs_k, mask=ok, other=0.0)
+    if NORM:
+        g = tl.load(G + offs_k, mask=ok, other=0.0)
+    return x, up, g
+
+
+@triton.jit
+def _chunk_product(x, up, g, w, rstd, NORM: tl.constexpr, GATED: tl.constexpr):
     """sum over one chunk of columns of w (BLOCK_N, BLOCK_K) * the prepared input row -> (BLOCK_N,) float32."""
-    col_ok = offs_k < K
-    x = tl.load(X + offs_k, mask=col_ok, other=0.0).to(tl.float32)  # (BLOCK_K,)
-    if GATED:  # X holds [gate, up]: the input is silu(gate) * up, rounded as the unfused model rounds it
-        up = tl.load(X + K + offs_k, mask=col_ok, other=0.0).to(tl.float32)
-        x = (x * tl.sigmoid(x) * up).to(X.dtype.element_ty).to(tl.float32)
+    dtype = x.dtype
+    x = x.to(tl.float32)
+    if GATED:  # the input is silu(gate) * up, rounded as the unfused model rounds it
+        x = (x * tl.sigmoid(x) * up.to(tl.float32)).to(dtype).to(tl.float32)
     if NORM:  # x * rstd * g, rounded to the activation dtype like RMSNorm's output
-        g = tl.load(G + offs_k, mask=col_ok, other=0.0).to(tl.float32)
-        x = (x * rstd * g).to(X.dtype.element_ty).to(tl.float32)
+        x = (x * rstd * g.to(tl.float32)).to(dtype).to(tl.float32)
     return tl.sum(w.to(tl.float32) * x[None, :], axis=1)
 
 
@@ -81,7 +93,10 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
                  RESIDUAL: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """ROPE: W is attention's stacked q, k, v projection (heads of 2 * HALF rows) and each program owns one
-    rotation pair of one head, rows (j, j + HALF), BLOCK_N = 2 (see `_store_rotated`); else BLOCK_N rows."""
+    rotation pair of one head, rows (j, j + HALF), BLOCK_N = 2 (see `_store_rotated`); else BLOCK_N rows.
+    A program is a chain of memory latencies more than a stream of bytes (a few KB of weights each): what
+    does not depend on the kernel before (the first chunk of weights, of the norm weight) is loaded before
+    waiting for it, and the row and residual are loaded together right after, each once."""
     if ROPE:
         pair = tl.program_id(0)
         offs_n = (pair // HALF) * (2 * HALF) + pair % HALF + tl.arange(0, BLOCK_N) * HALF
@@ -89,49 +104,56 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = offs_n < N
     w_rows = W + offs_n.to(tl.int64)[:, None] * stride_wn
-    # The weights' first chunk (all of a row up to 2048 columns) does not depend on the kernel before: under
-    # programmatic dependent launch it is read while that kernel finishes. Everything else waits for it.
     offs_k = tl.arange(0, BLOCK_K)
     w_first = tl.load(w_rows + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :], other=0.0)
+    if NORM:
+        g_first = tl.load(G + offs_k, mask=offs_k < K, other=0.0)
     if PDL:
         tl.extra.cuda.gdc_wait()  # the previous kernel's writes (x, the residual) are visible from here
         tl.extra.cuda.gdc_launch_dependents()  # and the next kernel may start reading its own weights
+    x_first, up_first, _ = _inputs(X, G, offs_k, K, False, GATED)
+    if ROPE:  # the rotation's angle, loaded now (two dependent loads) to overlap the product
+        position = tl.load(POS)
+        cos = tl.load(COS + position * HALF + pair % HALF).to(tl.float32)
+        sin = tl.load(SIN + position * HALF + pair % HALF).to(tl.float32)
+    if RESIDUAL:
+        residual = tl.load(R + offs_n, mask=row_ok, other=0.0)
     rstd = 0.0
     if NORM:  # every program computes the row's rstd itself: K values, from L2, instead of a kernel of its own
-        squares = tl.zeros((BLOCK_K,), tl.float32)
-        for start in range(0, K, BLOCK_K):
+        squares = x_first.to(tl.float32) * x_first.to(tl.float32)
+        for start in range(BLOCK_K, K, BLOCK_K):
             offs_k = start + tl.arange(0, BLOCK_K)
             x = tl.load(X + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             squares += x * x
         rstd = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-    acc = _chunk_product(X, G, w_first, tl.arange(0, BLOCK_K), K, rstd, NORM, GATED)
+    else:
+        g_first = x_first
+    acc = _chunk_product(x_first, up_first, g_first, w_first, rstd, NORM, GATED)
     for start in range(BLOCK_K, K, BLOCK_K):
         offs_k = start + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :], other=0.0)
-        acc += _chunk_product(X, G, w, offs_k, K, rstd, NORM, GATED)
+        x, up, g = _inputs(X, G, offs_k, K, NORM, GATED)
+        acc += _chunk_product(x, up, g, w, rstd, NORM, GATED)
     if ROPE:
-        _store_rotated(acc.to(Y.dtype.element_ty).to(tl.float32), Y, COS, SIN, POS, KC, VC, stride_kch,
+        _store_rotated(acc.to(Y.dtype.element_ty).to(tl.float32), position, cos, sin, Y, KC, VC, stride_kch,
                        stride_kcs, stride_vch, stride_vcs, n_heads, n_kv_heads, HALF)
     else:
         if RESIDUAL:  # residual + (x W^T rounded), as the unfused model adds two tensors of the activation dtype
-            acc = acc.to(Y.dtype.element_ty).to(tl.float32) + tl.load(R + offs_n, mask=row_ok, other=0.0).to(tl.float32)
+            acc = acc.to(Y.dtype.element_ty).to(tl.float32) + residual.to(tl.float32)
         tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
-def _store_rotated(y, Y, COS, SIN, POS, KC, VC, stride_kch, stride_kcs, stride_vch, stride_vcs, n_heads,
+def _store_rotated(y, position, cos, sin, Y, KC, VC, stride_kch, stride_kcs, stride_vch, stride_vcs, n_heads,
                    n_kv_heads, HALF: tl.constexpr):
     """y (2,): rows (j, j + HALF) of head `pair // HALF` of the stacked projection, rounded to the activation
-    dtype. A query or key pair is rotated by RoPE's angle at the row's position (in float32, from the tables'
-    values, as `RotaryEmbedding.rotate` does); queries go to Y, keys and values to the cache at that position."""
+    dtype. A query or key pair is rotated by RoPE's angle at the row's position (cos, sin: float32 of the
+    tables' values, as `RotaryEmbedding.rotate` computes); queries go to Y, keys and values to the cache at
+    that position."""
     pair = tl.program_id(0)
     head = pair // HALF
-    j = pair % HALF
-    dims = j + tl.arange(0, 2) * HALF  # the pair's dimensions within its head
-    position = tl.load(POS)
+    dims = pair % HALF + tl.arange(0, 2) * HALF  # the pair's dimensions within its head
     if head < n_heads + n_kv_heads:
-        cos = tl.load(COS + position * HALF + j).to(tl.float32)
-        sin = tl.load(SIN + position * HALF + j).to(tl.float32)
         first = tl.arange(0, 2) == 0
         y1 = tl.sum(tl.where(first, y, 0.0), axis=0)
         y2 = tl.sum(tl.where(first, 0.0, y), axis=0)
