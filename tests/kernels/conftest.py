@@ -93,10 +93,14 @@ def seeded(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every buffer a kernel fills starts as NaN: an element the kernel does not write fails the comparison."""
+    """Every buffer a kernel fills starts as NaN (integers: their most negative value, never a valid index): an
+    element the kernel does not write fails the comparison."""
     try:
         from scratchlm import kernels
     except ImportError:
         return
-    monkeypatch.setattr(kernels, "output_buffer",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+    def poisoned(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        junk = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, junk, dtype=dtype, device=device)
+    monkeypatch.setattr(kernels, "output_buffer", poisoned)

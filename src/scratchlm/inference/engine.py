@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from scratchlm.inference.graphs import GraphCache
 from scratchlm.inference.kv_cache import KVCache
-from scratchlm.inference.sampling import check_sampling, mix64, sample_batch
+from scratchlm.inference.sampling import check_sampling, load_kernels, mix64, sample_batch
 from scratchlm.inference.text import TextStream
 from scratchlm.model.layers import compute_dtype
 from scratchlm.tokenizer import Tokenizer
@@ -186,6 +186,7 @@ class Engine:
         self.waiting: deque[_Sequence] = deque()
         self._next_id = 0
         on_cuda = self.device.type == "cuda"
+        load_kernels()
         if config.compile and not on_cuda:
             log.info("compile: decoding eagerly on %s (compiling the step is for CUDA)", self.device)
         # dynamic=False: one compiled step per (batch bucket, sampling features), never a dynamic-shape kernel
@@ -332,15 +333,14 @@ class Engine:
         in the prefix decode junk into their own (unused) cache rows; positions are clamped inside the cache."""
         ids, positions = self.ids[:rows], self.positions[:rows]
         logits = self.model(ids[:, None], positions[:, None], kv_cache=self.cache)[:, -1]  # (rows, vocab)
-        logits = logits.to(compute_dtype(logits.dtype))
         tokens, model_logprob, sampling_logprob = sample_batch(
             logits, self.seen[:rows], self.temperature[:rows], self.top_k[:rows], self.top_p[:rows],
             self.penalty[:rows], self.seeds[:rows], positions + 1, filtered=filtered, sampled=sampled,
             penalized=penalized)
-        top = torch.log_softmax(logits, dim=-1).topk(self.out_top_ids.shape[-1], dim=-1) if alternatives else None
+        top = torch.log_softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype)).topk(self.out_top_ids.shape[-1], dim=-1) if alternatives else None
         self.seen[:rows].scatter_(1, tokens[:, None], True)
         ids.copy_(tokens)
-        positions.copy_((positions + 1).clamp(max=self.max_len - 1))
+        positions.add_(1).clamp_(max=self.max_len - 1)
         return tokens, model_logprob, sampling_logprob, None if top is None else (top.values, top.indices)
 
     def _admit(self) -> None:

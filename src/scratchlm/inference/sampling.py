@@ -6,10 +6,31 @@ reference that the KV-cache engine is tested against.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from scratchlm.model.layers import compute_dtype
+
+# scratchlm.kernels.greedy.greedy once `load_kernels` found it: greedy rows' token and log-probability in two
+# kernels (CUDA, float32 or half logits) instead of a float32 copy, log_softmax, argmax and gather
+_greedy_kernel: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+_GREEDY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_greedy_device_type = "cuda"  # where the kernel runs (its tests force the CPU, under Triton's interpreter)
+
+
+def load_kernels() -> None:
+    """Import the greedy kernel when there is a GPU and Triton imports. Called as an engine is built (an import
+    inside a torch.compile'd decode step would break its graph)."""
+    global _greedy_kernel
+    if _greedy_kernel is not None or not torch.cuda.is_available():
+        return
+    try:
+        _greedy_kernel = importlib.import_module("scratchlm.kernels.greedy").greedy
+    except ImportError:
+        return
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
@@ -124,7 +145,8 @@ def gumbel_noise(seeds: Tensor, positions: Tensor, vocab_size: int) -> Tensor:
 def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, penalty: Tensor,
                  seeds: Tensor, positions: Tensor, *, filtered: bool = True, sampled: bool = True,
                  penalized: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """One token per row, each row with its own settings. logits: (rows, vocab) from the model; seen: (rows,
+    """One token per row, each row with its own settings. logits: (rows, vocab) from the model (any float dtype;
+    the arithmetic is in float32 or wider); seen: (rows,
     vocab) bool (tokens in the row's sequence so far); temperature, top_p, penalty: (rows, 1) float; top_k:
     (rows, 1) long; seeds, positions: (rows,) long, positions being those of the tokens drawn now. Temperature 0
     is greedy. The flags skip work no row needs (the caller knows its rows' settings without asking the
@@ -135,6 +157,12 @@ def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tenso
     (tokens, model log-probabilities, sampling log-probabilities), each (rows,): the model log-probability is
     log_softmax of the raw logits at temperature 1 (what RL and OpenAI's `logprobs` want); the sampling one is
     the log-probability under the processed distribution the token was drawn from (0 for greedy rows)."""
+    wide = compute_dtype(logits.dtype)
+    if (not sampled and not penalized and _greedy_kernel is not None and logits.device.type == _greedy_device_type
+            and logits.dtype in _GREEDY_DTYPES):
+        tokens, logprobs = _greedy_kernel(logits)
+        return tokens, logprobs.to(wide), torch.zeros_like(logprobs, dtype=wide)
+    logits = logits.to(wide)
     penalized_logits = apply_repetition_penalty(logits, seen, penalty) if penalized else logits
     model_logprobs = torch.log_softmax(logits, dim=-1)  # (rows, vocab)
     greedy_tokens = penalized_logits.argmax(dim=-1)  # (rows,)

@@ -188,16 +188,22 @@ class CausalSelfAttention(nn.Module):
             out = attention(q, k, v, self.sliding_window, mask, positions)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)
 
+    def projects_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache | None) -> bool:
+        """Whether `forward` hands this input's projection, rotation and cache store to one kernel
+        (scratchlm.kernels.gemv.gemv_qkv): one decode row that the one-row GEMV takes, a cache that lets a
+        kernel store into it, no QK-norm (it needs whole heads before the rotation)."""
+        if cache is None or self.q_norm is not None or one_row_kernels(x, self.qkv_proj.weight) is None:
+            return False
+        stores = cache.in_place()
+        return stores is not None and stores[0].dtype == x.dtype and positions.numel() == 1
+
     def _project_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache,
                             norm: RMSNorm | None) -> Tensor | None:
         """q (1, H, 1, hd) of one decode row, its k and v already rotated and stored in the cache, by one kernel
-        (scratchlm.kernels.gemv.gemv_qkv) where the one-row GEMV takes the projection, the cache allows it and
-        there is no QK-norm (it needs whole heads before the rotation); None elsewhere."""
-        kernels = one_row_kernels(x, self.qkv_proj.weight)
-        stores = cache.in_place() if kernels is not None and self.q_norm is None else None
-        if stores is None or stores[0].dtype != x.dtype or positions.numel() != 1:
+        where `projects_into_cache`; None elsewhere."""
+        if not self.projects_into_cache(x, positions, cache):
             return None
-        q = kernels.gemv_qkv(x, self.qkv_proj.weight, None if norm is None else norm.weight,
-                             1e-5 if norm is None else norm.eps, self.rope.cos, self.rope.sin, positions.reshape(1),
-                             *stores, self.n_heads)
+        q = one_row_kernels(x, self.qkv_proj.weight).gemv_qkv(
+            x, self.qkv_proj.weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+            self.rope.cos, self.rope.sin, positions.reshape(1), *cache.in_place(), self.n_heads)
         return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)

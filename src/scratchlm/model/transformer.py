@@ -74,8 +74,10 @@ class TransformerLM(nn.Module):
                 raise ValueError("a forward pass with a KV cache needs token_positions")
             token_positions = torch.arange(seq, device=token_ids.device)
         x = self.embed(token_ids)
-        # What every layer needs of the positions, once per pass (not once per layer: fewer kernels and launches)
-        rope_tables = self.rope.tables(token_positions, compute_dtype(x.dtype))
+        # What every layer needs of the positions, once per pass (not once per layer: fewer kernels and launches);
+        # no RoPE tables where the layers' decode kernel rotates by itself (the same for every layer)
+        projected = kv_cache is not None and self.layers[0].attn.projects_into_cache(x, token_positions, kv_cache.layer(0))
+        rope_tables = None if projected else self.rope.tables(token_positions, compute_dtype(x.dtype))
         mask = None if kv_cache is None else position_mask(token_positions, kv_cache.kv_len, self.config.sliding_window)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i), rope_tables, mask)
