@@ -340,7 +340,7 @@ class Engine:
         top = torch.log_softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype)).topk(self.out_top_ids.shape[-1], dim=-1) if alternatives else None
         self.seen[:rows].scatter_(1, tokens[:, None], True)
         ids.copy_(tokens)
-        positions.add_(1).clamp_(max=self.max_len - 1)
+        positions.copy_((positions + 1).clamp(max=self.max_len - 1))
         return tokens, model_logprob, sampling_logprob, None if top is None else (top.values, top.indices)
 
     def _admit(self) -> None:
