@@ -58,10 +58,12 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
     weighted values, M_PART / L_PART (B, H, splits) the running max and sum; else OUT (B, H, 1, D) gets the
     attention output.
 
-    Under programmatic dependent launch the row's position and the split's first block of keys and values
-    are read before waiting for the kernel before, which wrote q and may have written the newest slot
-    (`scratchlm.kernels.gemv.gemv_qkv` stores the step's key and value there): that slot is read again after
-    the wait. The older slots and the positions must not come from the kernel right before if it lets its
+    Under programmatic dependent launch the row's position is read before waiting for the kernel before
+    (which wrote q), and so is, with splits (a block or two a program: small batches), the split's first
+    block of keys and values; its newest slot is read again after the wait, since the kernel before may have
+    stored the step's key and value there (`scratchlm.kernels.gemv.gemv_qkv` does). Without splits the
+    programs loop over many blocks and the first one taken out of the loop slowed batch 128 by 4-10% on an
+    H100. So the older slots and the positions must not come from the kernel right before if it lets its
     dependents start early (none of this package's kernels writes them)."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -75,25 +77,30 @@ def _decode_attention_kernel(Q, K, V, POS, OUT, M_PART, L_PART, stride_qb, strid
     split_start = split * split_len
     start_block = tl.maximum(split_start, (first_visible // BLOCK_N) * BLOCK_N)  # blocks before the window: skipped
     stop = tl.minimum(split_start + split_len, position + 1)  # blocks past the position: never visited
-    offs_n = start_block + tl.arange(0, BLOCK_N)
-    visible = (offs_n >= first_visible) & (offs_n <= position) & (start_block < stop)  # (BLOCK_N,)
-    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
-    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
-    k = tl.load(k_ptrs, mask=visible[:, None], other=0.0)
-    v = tl.load(v_ptrs, mask=visible[:, None], other=0.0)
-    if PDL:  # the rest depends on the kernel before; let the next one start (and read its weights)
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-        newest = (visible & (offs_n == position))[:, None]
-        k = tl.where(newest, tl.load(k_ptrs, mask=newest, other=0.0), k)
-        v = tl.where(newest, tl.load(v_ptrs, mask=newest, other=0.0), v)
-    q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
     m_i = tl.full((), float("-inf"), tl.float32)  # running max of the scores (log2 units)
     l_i = tl.zeros((), tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros((D,), tl.float32)  # running sum of exp2(score - m_i) * v
-    if start_block < stop:
-        m_i, l_i, acc = _attend(q, k, v, visible, m_i, l_i, acc)
-    for start in range(start_block + BLOCK_N, stop, BLOCK_N):
+    if SPLIT:  # a block or two a program: its first block is read before the wait (see above)
+        offs_n = start_block + tl.arange(0, BLOCK_N)
+        visible = (offs_n >= first_visible) & (offs_n <= position) & (start_block < stop)  # (BLOCK_N,)
+        k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+        k = tl.load(k_ptrs, mask=visible[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=visible[:, None], other=0.0)
+    if PDL:  # the rest depends on the kernel before; let the next one start (and read its weights)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    q = tl.load(Q + row * stride_qb + head * stride_qh + offs_d).to(tl.float32) * scale_log2  # (D,)
+    first_loaded = start_block
+    if SPLIT:
+        if PDL:  # the newest slot, again: the kernel before may have written it
+            newest = (visible & (offs_n == position))[:, None]
+            k = tl.where(newest, tl.load(k_ptrs, mask=newest, other=0.0), k)
+            v = tl.where(newest, tl.load(v_ptrs, mask=newest, other=0.0), v)
+        if start_block < stop:
+            m_i, l_i, acc = _attend(q, k, v, visible, m_i, l_i, acc)
+        first_loaded = start_block + BLOCK_N
+    for start in range(first_loaded, stop, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         visible = (offs_n >= first_visible) & (offs_n <= position)
         k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=visible[:, None], other=0.0)
