@@ -7,7 +7,9 @@
     scratchlm.kernels.decode_attention one query per row against its KV-cache row (`decode_attention`), what
                                        the "flash" backend runs for decode steps
     scratchlm.kernels.gemv             one row times a weight matrix (`gemv`), what Linear runs for batch-1
-                                       decoding
+                                       decoding; `gemv_qkv`, attention's projection + RoPE + cache store
+    scratchlm.kernels.greedy           each row's argmax token and its log-probability (`greedy`), the
+                                       engine's greedy steps
 
 Importing this package does not import Triton; the kernel modules do. Kernels run on CUDA tensors, or on CPU
 tensors when TRITON_INTERPRET=1 was set before the kernel module was imported (Triton reads it when it
