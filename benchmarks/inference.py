@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from scratchlm import kernels  # noqa: E402
 from scratchlm.atomic import write_text_atomic  # noqa: E402
 from scratchlm.config import build_config  # noqa: E402
 from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
@@ -166,19 +167,29 @@ def bytes_per_token(model: TransformerLM, context: float) -> float:
 
 def profile_decode(ours: Ours, prompt: list[int], args: argparse.Namespace, device: torch.device) -> dict:
     """Where a batch-1 decode step's time goes: the top kernels (CPU ops on CPU) per generated token, from
-    torch.profiler over one generation of --new-tokens tokens (prefill included, 1/new_tokens of it per row)."""
+    torch.profiler over one generation of --new-tokens tokens (prefill included, 1/new_tokens of it per row).
+    Programmatic dependent launch is off here: with it a kernel starts before the one before it ends, and its
+    profiled time would include that wait."""
     profiles = {}
-    for mode in args.profile_modes if device.type == "cuda" else ["eager"]:
-        run = ours.generate([prompt], args.new_tokens, mode)
-        run()  # compile and warm up outside the profile
-        prof = profile_steps(run, 1, device)
-        ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
-        total = sum(op["us"] for op in top_ops(prof, device, rows=None, per=args.new_tokens))
-        log(f"profile {mode}: {total:,.1f} us/token")
-        for op in ops:
-            log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
-        profiles[mode] = {"us_per_token": total, "ops": ops}
+    previous, kernels.PDL = kernels.PDL, False
+    try:
+        for mode in args.profile_modes if device.type == "cuda" else ["eager"]:
+            profiles[mode] = profile_mode(ours, prompt, args, device, mode)
+    finally:
+        kernels.PDL = previous
     return profiles
+
+
+def profile_mode(ours: Ours, prompt: list[int], args: argparse.Namespace, device: torch.device, mode: str) -> dict:
+    run = ours.generate([prompt], args.new_tokens, mode)
+    run()  # compile and warm up outside the profile
+    prof = profile_steps(run, 1, device)
+    ops = top_ops(prof, device, rows=args.profile, per=args.new_tokens)
+    total = sum(op["us"] for op in top_ops(prof, device, rows=None, per=args.new_tokens))
+    log(f"profile {mode}: {total:,.1f} us/token")
+    for op in ops:
+        log(f"  {op['us']:8.1f} us/token {op['calls']:6.1f} calls/token  {op['name'][:100]}")
+    return {"us_per_token": total, "ops": ops}
 
 
 def text_tokens(args: argparse.Namespace) -> torch.Tensor | None:
