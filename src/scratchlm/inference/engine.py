@@ -337,7 +337,10 @@ class Engine:
             logits, self.seen[:rows], self.temperature[:rows], self.top_k[:rows], self.top_p[:rows],
             self.penalty[:rows], self.seeds[:rows], positions + 1, filtered=filtered, sampled=sampled,
             penalized=penalized)
-        top = torch.log_softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype)).topk(self.out_top_ids.shape[-1], dim=-1) if alternatives else None
+        top = None
+        if alternatives:
+            wide_logprobs = torch.log_softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype))
+            top = wide_logprobs.topk(self.out_top_ids.shape[-1], dim=-1)
         self.seen[:rows].scatter_(1, tokens[:, None], True)
         ids.copy_(tokens)
         positions.copy_((positions + 1).clamp(max=self.max_len - 1))

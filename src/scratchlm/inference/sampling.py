@@ -145,12 +145,12 @@ def gumbel_noise(seeds: Tensor, positions: Tensor, vocab_size: int) -> Tensor:
 def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, penalty: Tensor,
                  seeds: Tensor, positions: Tensor, *, filtered: bool = True, sampled: bool = True,
                  penalized: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """One token per row, each row with its own settings. logits: (rows, vocab) from the model (any float dtype;
-    the arithmetic is in float32 or wider); seen: (rows,
-    vocab) bool (tokens in the row's sequence so far); temperature, top_p, penalty: (rows, 1) float; top_k:
-    (rows, 1) long; seeds, positions: (rows,) long, positions being those of the tokens drawn now. Temperature 0
-    is greedy. The flags skip work no row needs (the caller knows its rows' settings without asking the
-    device): filtered=False skips the top-k/top-p sort, sampled=False the noise (all rows greedy),
+    """One token per row, each row with its own settings. logits: (rows, vocab) from the model, any float dtype
+    (the arithmetic is in float32 or wider); seen: (rows, vocab) bool (tokens in the row's sequence so far);
+    temperature, top_p, penalty: (rows, 1) float; top_k: (rows, 1) long; seeds, positions: (rows,) long,
+    positions being those of the tokens drawn now. Temperature 0 is greedy. The flags skip work no row needs
+    (the caller knows its rows' settings without asking the device): filtered=False skips the top-k/top-p
+    sort, sampled=False the noise (all rows greedy; on CUDA the greedy kernel then picks the tokens),
     penalized=False the repetition penalty (all penalties 1).
 
     Processing order: repetition penalty, then temperature, top-k, top-p (Hugging Face's order). Returns
