@@ -192,18 +192,26 @@ class CausalSelfAttention(nn.Module):
         """Whether `forward` hands this input's projection, rotation and cache store to one kernel
         (scratchlm.kernels.gemv.gemv_qkv): one decode row that the one-row GEMV takes, a cache that lets a
         kernel store into it, no QK-norm (it needs whole heads before the rotation)."""
-        if cache is None or self.q_norm is not None or one_row_kernels(x, self.qkv_proj.weight) is None:
-            return False
-        stores = cache.in_place()
-        return stores is not None and stores[0].dtype == x.dtype and positions.numel() == 1
+        return self._cache_projection(x, positions, cache) is not None
+
+    def _cache_projection(self, x: Tensor, positions: Tensor,
+                          cache: LayerCache | None) -> tuple[Callable[..., Tensor], tuple[Tensor, Tensor]] | None:
+        """(gemv_qkv, the cache's k and v tensors) where `projects_into_cache`, else None."""
+        kernels = None if cache is None or self.q_norm is not None else one_row_kernels(x, self.qkv_proj.weight)
+        stores = None if kernels is None else cache.in_place()
+        if stores is None or stores[0].dtype != x.dtype or positions.numel() != 1:
+            return None
+        return kernels.gemv_qkv, stores
 
     def _project_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache,
                             norm: RMSNorm | None) -> Tensor | None:
         """q (1, H, 1, hd) of one decode row, its k and v already rotated and stored in the cache, by one kernel
         where `projects_into_cache`; None elsewhere."""
-        if not self.projects_into_cache(x, positions, cache):
+        found = self._cache_projection(x, positions, cache)
+        if found is None:
             return None
-        q = one_row_kernels(x, self.qkv_proj.weight).gemv_qkv(
-            x, self.qkv_proj.weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
-            self.rope.cos, self.rope.sin, positions.reshape(1), *cache.in_place(), self.n_heads)
+        gemv_qkv, stores = found
+        q = gemv_qkv(x, self.qkv_proj.weight, None if norm is None else norm.weight,
+                     1e-5 if norm is None else norm.eps, self.rope.cos, self.rope.sin, positions.reshape(1), *stores,
+                     self.n_heads)
         return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)
