@@ -10,7 +10,8 @@ cold: each call reads a different copy of the matrix (copies totalling > 4x the 
 replayed as one CUDA graph (decoding replays graphs: launch overhead excluded, per-kernel latency included).
 Achieved bandwidth = matrix bytes / time, against the device-to-device copy bandwidth (bytes read + written /
 time for 1 GiB). `--sweep` times every (BLOCK_N, BLOCK_K, warps, stages) in a grid and reports the best
-beside the default choice (`scratchlm.kernels.gemv.config`), which is what the model runs.
+beside the default choice (`scratchlm.kernels.gemv.config`; a model's decode step may get another rule:
+`scratchlm.inference.tuning`).
 Writes benchmarks/results/gemv.{json,md} atomically.
 """
 
@@ -74,7 +75,7 @@ def bench_matrix(n: int, k: int, l2_bytes: int, sweep: bool, replays: int) -> di
 
     row["cublas_us"] = timed(lambda w: x @ w.T) * 1e6
     row["ours_us"] = timed(lambda w: gv.gemv(x, w)) * 1e6
-    row["default"] = list(gv.config(k))
+    row["default"] = list(gv.config(n, k))
     if sweep:
         results = {config: timed(lambda w, c=config: gv.launch(x, w, tiles=c)) * 1e6 for config in sweep_configs(k)}
         best = min(results, key=results.get)

@@ -50,6 +50,7 @@ from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
 from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
 from scratchlm.inference.speculative import SpeculativeDecoder  # noqa: E402
+from scratchlm.inference.tuning import tune_gemv_tiles  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
 from scratchlm.profiling import copy_bandwidth, profile_steps, top_ops  # noqa: E402
 from scratchlm.run_info import run_info  # noqa: E402
@@ -222,6 +223,9 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     modes = args.modes or ["eager"] + (["graphs", "graphs-gemv"] + (
         [] if args.no_compile else ["compiled", "compiled-gemv"]) if device.type == "cuda" else [])
     ours = Ours(model, args.prompt_len + args.new_tokens, args.prefill_graphs)
+    tiles = tune_gemv_tiles(model, max_len=args.prompt_len + args.new_tokens)  # as every engine does; reported
+    if tiles:
+        result["gemv_tiles"] = {"chosen": min(tiles, key=tiles.get), "us_per_step": {r: t * 1e6 for r, t in tiles.items()}}
     result["decode"] = {}
     for mode in modes:
         rate = ours.decode_rate(prompt, args.new_tokens, device, args.repeats, mode)
@@ -329,6 +333,11 @@ def markdown(report: dict) -> str:
                          f"{r['bound_tokens_per_second']:,.0f} | {d['ttft_s'] * 1e3:.1f} ms |")
         if "ttft_hf_s" in r:
             lines.append(f"| HF generate | | | {r['ttft_hf_s'] * 1e3:.1f} ms |")
+        if "gemv_tiles" in r:
+            steps = ", ".join(f"{rule} {us:,.0f} us" for rule, us in sorted(r["gemv_tiles"]["us_per_step"].items(),
+                                                                          key=lambda item: item[1]))
+            lines += ["", f"One-row GEMV tiles: {r['gemv_tiles']['chosen']} (a decode step's graph under each "
+                      f"rule: {steps})."]
         for mode, prof in r.get("profile", {}).items():
             lines += ["", f"Where a decode token's time goes ({mode}, {prof['us_per_token']:,.0f} us per token "
                       "of kernel time):", "", "| us / token | calls / token | share | kernel |", "|---|---|---|---|"]

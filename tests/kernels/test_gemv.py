@@ -40,10 +40,16 @@ def test_every_tile_shape(tiles):
                         **TOLERANCES[torch.float32])
 
 
-def test_default_tiles():
-    assert gv.config(768) == (2, 1024, 4, 3)  # K in one chunk
-    assert gv.config(5504) == (2, 2048, 8, 3)  # chunks of 2048, wider programs
-    assert gv.config(5) == (2, 8, 4, 3)
+def test_tile_rules(monkeypatch):
+    monkeypatch.setattr(gv, "_shape_rules", {})
+    assert gv.config(64, 768) == (2, 1024, 4, 3)  # K in one chunk
+    assert gv.config(64, 5504) == (2, 2048, 8, 3)  # chunks of 2048, wider programs
+    assert gv.config(64, 5) == (2, 8, 4, 3)
+    gv.use_tile_rule("four-rows", [(64, 768), (64, 5504)])
+    assert gv.config(64, 768) == (4, 1024, 4, 3) and gv.config(64, 5504) == (4, 2048, 8, 3)
+    assert gv.config(65, 768) == (2, 1024, 4, 3)  # other shapes keep the default
+    with pytest.raises(ValueError, match="unknown tile rule"):
+        gv.use_tile_rule("three-rows", [(64, 768)])
 
 
 def rms_norm64(x: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
@@ -106,10 +112,16 @@ def rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
                          ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("norm", [True, False], ids=["norm", "no-norm"])
-def test_gemv_qkv_rotates_and_stores_into_the_cache(n_heads, n_kv_heads, head_dim, k, dtype, norm):
+@pytest.mark.parametrize("block_n", [2, 4, 16], ids=lambda b: f"block_n={b}")
+def test_gemv_qkv_rotates_and_stores_into_the_cache(n_heads, n_kv_heads, head_dim, k, dtype, norm, block_n,
+                                                     monkeypatch):
     """q returned and k rotated by RoPE at the row's position, k and v written into slot 0 of the caches at that
-    position and nothing else of the caches touched; against float64 projections and rotations."""
+    position and nothing else of the caches touched; against float64 projections and rotations. Programs of
+    one to eight rotation pairs (BLOCK_N = 16 is cut to the pairs of a head: 4 for D = 8)."""
     from scratchlm.model.rope import RotaryEmbedding
+
+    default_config = gv.config
+    monkeypatch.setattr(gv, "config", lambda n, k: (block_n, *default_config(n, k)[1:]))
 
     slots, length, position = 3, 11, 7
     rope = RotaryEmbedding(head_dim, length, theta=500.0, device=DEVICE)

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from scratchlm.inference.graphs import GraphCache
+from scratchlm.inference.graphs import GraphCache, compiled
 from scratchlm.inference.kv_cache import KVCache
 from scratchlm.inference.sampling import check_sampling, load_kernels, mix64, sample_batch
 from scratchlm.inference.text import TextStream
+from scratchlm.inference.tuning import tune_gemv_tiles
 from scratchlm.model.layers import compute_dtype
 from scratchlm.tokenizer import Tokenizer
 
@@ -57,6 +58,8 @@ class EngineConfig:
     prefill_graphs: bool = True
     max_cuda_graphs: int = 256  # graphs kept (decode bursts and prefill chunks); the least recently used go
     compile: bool = False  # CUDA: torch.compile the decode step first (fused kernels; minutes of compiling)
+    # CUDA, half-precision model: pick the one-row GEMV's tiles by timing a decode step first (inference.tuning)
+    tune_gemv: bool = True
     max_top_logprobs: int = 20  # most alternatives a request may ask for (SamplingParams.top_logprobs)
 
     def __post_init__(self) -> None:
@@ -187,11 +190,11 @@ class Engine:
         self._next_id = 0
         on_cuda = self.device.type == "cuda"
         load_kernels()
+        if config.tune_gemv:
+            tune_gemv_tiles(model, max_len=min(self.max_len, 1024))
         if config.compile and not on_cuda:
             log.info("compile: decoding eagerly on %s (compiling the step is for CUDA)", self.device)
-        # dynamic=False: one compiled step per (batch bucket, sampling features), never a dynamic-shape kernel
-        self._decode = (torch.compile(self._decode_step, dynamic=False) if config.compile and on_cuda
-                        else self._decode_step)
+        self._decode = compiled(self._decode_step, self.device, config.compile)  # per (rows, sampling features)
         # one graph per decode burst (rows, steps, features) and per prefill chunk (rows, start, length)
         self._graphs = GraphCache(self.device, config.cuda_graphs, config.max_cuda_graphs)
         # Prefill through fixed buffers and padded chunk lengths (what graph replay needs; tests force it on CPU)

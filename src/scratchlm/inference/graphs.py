@@ -10,6 +10,8 @@ state, output buffers) and must not sync with the host. Its temporaries come fro
 all graphs of a `GraphCache`, which is safe because they are replayed one at a time and none leaves a live
 temporary behind. At most `max_graphs` are kept: past that the least recently replayed one is dropped (a
 server meeting many prompt shapes would otherwise keep capturing for ever).
+
+`compiled` is the other way to fuse a step: torch.compile, once per shape, before the graph captures it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import torch
+
+from scratchlm import kernels
+
+
+def compiled(fn: Callable, device: torch.device, enabled: bool) -> Callable:
+    """fn through torch.compile (one compilation per shape, never a dynamic-shape kernel) when enabled and on
+    CUDA, else fn. Our kernels must be loaded first: they are registered with Inductor here."""
+    if not (enabled and device.type == "cuda"):
+        return fn
+    kernels.register_compile_fallbacks()
+    return torch.compile(fn, dynamic=False)
 
 
 class GraphCache:

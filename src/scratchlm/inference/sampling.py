@@ -158,11 +158,8 @@ def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tenso
     log_softmax of the raw logits at temperature 1 (what RL and OpenAI's `logprobs` want); the sampling one is
     the log-probability under the processed distribution the token was drawn from (0 for greedy rows)."""
     wide = compute_dtype(logits.dtype)
-    # Not inside torch.compile: Inductor fuses these operations itself, and the custom op hung Inductor (torch
-    # 2.11, H100) on a 12-layer decode step, in `OperatorIssue.operator_str` printing the op's argument (a deep
-    # IR graph) for its implicit-fallback log line, as vLLM saw (vllm-project/vllm#43111); 2 layers compiled.
     if (not sampled and not penalized and _greedy_kernel is not None and logits.device.type == _greedy_device_type
-            and logits.dtype in _GREEDY_DTYPES and not torch.compiler.is_compiling()):
+            and logits.dtype in _GREEDY_DTYPES):
         tokens, logprobs = _greedy_kernel(logits)
         return tokens, logprobs.to(wide), torch.zeros_like(logprobs, dtype=wide)
     logits = logits.to(wide)

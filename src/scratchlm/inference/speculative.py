@@ -28,9 +28,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from scratchlm.inference.graphs import GraphCache
+from scratchlm.inference.graphs import GraphCache, compiled
 from scratchlm.inference.kv_cache import KVCache
 from scratchlm.inference.sampling import check_sampling, gumbel_noise, mix64, sampling_probs, seeded_uniform
+from scratchlm.inference.tuning import tune_gemv_tiles
 
 FEED = 2  # committed tokens the draft re-feeds each round
 
@@ -73,9 +74,8 @@ class SpeculativeDecoder:
         self.seeds = torch.zeros(3, dtype=torch.long, device=device)  # draft samples, acceptance, target draws
         self.offsets = torch.arange(k + 1, device=device)
         self._graphs = GraphCache(device, cuda_graphs)
-        # dynamic=False: one compiled round per shape, never a dynamic-shape kernel
-        self._run_round = (torch.compile(self._round, dynamic=False) if compile and device.type == "cuda"
-                           else self._round)
+        tune_gemv_tiles(draft, max_len=min(max_len, 1024))  # the draft decodes one row at a time
+        self._run_round = compiled(self._round, device, compile)
 
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,

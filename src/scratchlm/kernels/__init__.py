@@ -19,10 +19,13 @@ decorates a kernel): that is how the tests run them without a GPU.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Programmatic dependent launch for the decode kernels (GEMV, decode attention): on Hopper and later a kernel
@@ -68,3 +71,25 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+
+def register_compile_fallbacks() -> None:
+    """Tell Inductor up front that our custom ops loaded so far (`torch.ops.scratchlm.*`) are opaque calls,
+    with the layout constraint it would pick itself. Inductor does this on its own the first time it meets an
+    op, but torch 2.11 first formats the op's arguments for an INFO log line whether or not it is printed: for
+    the greedy kernel's logits behind a 12-layer decode step that is a deep IR graph, and compiling hung there
+    (vllm-project/vllm#43111; lazy in later versions). Call before torch.compile traces a step using our ops."""
+    try:  # Inductor internals: if they moved, Inductor still finds the ops itself
+        from torch._inductor import lowering
+        from torch._library.utils import get_layout_constraint_tag
+        namespace = torch.ops.scratchlm
+        ops = [getattr(packet, overload) for packet in (getattr(namespace, name) for name in list(namespace._dir))
+               for overload in packet.overloads()]
+    except (ImportError, AttributeError) as error:
+        log.warning("not pre-registering our kernels with Inductor (%s): compiling may be slow", error)
+        return
+    for op in ops:
+        if op not in lowering.lowerings:
+            constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+            lowering.make_fallback(op, layout_constraint=constraint)

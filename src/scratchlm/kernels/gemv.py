@@ -3,9 +3,9 @@
 A batch-1 decode step is one row through every weight matrix, so its time is reading the weights. cuBLAS
 runs a single row as a narrow GEMM (tiles of 64 output columns on an H100: a 2048 x 6144 matrix gets 96
 programs for 132 SMs) and reached about a quarter of the copy bandwidth on GPT-2-small's matrices
-(docs/inference.md). Here every program owns BLOCK_N = 2 output columns (thousands of small programs keep
-the most loads in flight) and streams its rows of W (contiguous: W is (N, K) row-major) in BLOCK_K chunks
-against the row x, accumulating in float32.
+(docs/inference.md). Here every program owns a few (BLOCK_N = 2 or 4) output columns (thousands of small
+programs keep the most loads in flight) and streams its rows of W (contiguous: W is (N, K) row-major) in
+BLOCK_K chunks against the row x, accumulating in float32. Which tiles: see TILE_RULES.
 
 Fused around the product, because a one-row decode step is a chain of tiny kernels whose launch-to-finish
 latency, not bandwidth, is most of their time: RMSNorm before it (every program recomputes the row's rstd:
@@ -27,7 +27,8 @@ reads overlap the previous one's tail (H100, batch-1 decode, gpt2-small: 2,708 -
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -95,14 +96,17 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
                  stride_vcs, n_heads, n_kv_heads, NORM: tl.constexpr, GATED: tl.constexpr,
                  RESIDUAL: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """ROPE: W is attention's stacked q, k, v projection (heads of 2 * HALF rows) and each program owns one
-    rotation pair of one head, rows (j, j + HALF), BLOCK_N = 2 (see `_store_rotated`); else BLOCK_N rows.
+    """ROPE: W is attention's stacked q, k, v projection (heads of 2 * HALF rows) and each program owns
+    BLOCK_N / 2 consecutive rotation pairs (j, j + HALF) of one head, interleaved: rows j, j + HALF, j + 1,
+    j + 1 + HALF... (see `_store_rotated`); else BLOCK_N consecutive rows.
     A program is a chain of memory latencies more than a stream of bytes (a few KB of weights each): what
     does not depend on the kernel before (the first chunk of weights, of the norm weight) is loaded before
     waiting for it, and the row and residual are loaded together right after, each once."""
     if ROPE:
-        pair = tl.program_id(0)
-        offs_n = (pair // HALF) * (2 * HALF) + pair % HALF + tl.arange(0, BLOCK_N) * HALF
+        first_pair = tl.program_id(0) * (BLOCK_N // 2)
+        head = first_pair // HALF
+        j = first_pair % HALF + tl.arange(0, BLOCK_N) // 2  # (BLOCK_N,): each pair's j, twice
+        offs_n = head * (2 * HALF) + j + (tl.arange(0, BLOCK_N) % 2) * HALF
     else:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = offs_n < N
@@ -115,10 +119,11 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
         tl.extra.cuda.gdc_wait()  # the previous kernel's writes (x, the residual) are visible from here
         tl.extra.cuda.gdc_launch_dependents()  # and the next kernel may start reading its own weights
     x_first, up_first, _ = _inputs(X, G, offs_k, K, False, GATED)
-    if ROPE:  # the rotation's angle, loaded now (two dependent loads) to overlap the product
+    if ROPE:  # the rotation's angles, loaded now (two dependent loads) to overlap the product
         position = tl.load(POS)
-        cos = tl.load(COS + position * HALF + pair % HALF).to(tl.float32)
-        sin = tl.load(SIN + position * HALF + pair % HALF).to(tl.float32)
+        pair_j = first_pair % HALF + tl.arange(0, BLOCK_N // 2)
+        cos = tl.load(COS + position * HALF + pair_j).to(tl.float32)
+        sin = tl.load(SIN + position * HALF + pair_j).to(tl.float32)
     if RESIDUAL:
         residual = tl.load(R + offs_n, mask=row_ok, other=0.0)
     rstd = 0.0
@@ -138,8 +143,8 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
         x, up, g = _inputs(X, G, offs_k, K, NORM, GATED)
         acc += _chunk_product(x, up, g, w, rstd, NORM, GATED)
     if ROPE:
-        _store_rotated(acc.to(Y.dtype.element_ty).to(tl.float32), position, cos, sin, Y, KC, VC, stride_kch,
-                       stride_kcs, stride_vch, stride_vcs, n_heads, n_kv_heads, HALF)
+        _store_rotated(acc.to(Y.dtype.element_ty).to(tl.float32), head, j, position, cos, sin, Y, KC, VC,
+                       stride_kch, stride_kcs, stride_vch, stride_vcs, n_heads, n_kv_heads, HALF, BLOCK_N)
     else:
         if RESIDUAL:  # residual + (x W^T rounded), as the unfused model adds two tensors of the activation dtype
             acc = acc.to(Y.dtype.element_ty).to(tl.float32) + residual.to(tl.float32)
@@ -147,20 +152,16 @@ def _gemv_kernel(X, W, Y, G, R, N, K, stride_wn, eps, COS, SIN, POS, KC, VC, str
 
 
 @triton.jit
-def _store_rotated(y, position, cos, sin, Y, KC, VC, stride_kch, stride_kcs, stride_vch, stride_vcs, n_heads,
-                   n_kv_heads, HALF: tl.constexpr):
-    """y (2,): rows (j, j + HALF) of head `pair // HALF` of the stacked projection, rounded to the activation
-    dtype. A query or key pair is rotated by RoPE's angle at the row's position (cos, sin: float32 of the
-    tables' values, as `RotaryEmbedding.rotate` computes); queries go to Y, keys and values to the cache at
-    that position."""
-    pair = tl.program_id(0)
-    head = pair // HALF
-    dims = pair % HALF + tl.arange(0, 2) * HALF  # the pair's dimensions within its head
+def _store_rotated(y, head, j, position, cos, sin, Y, KC, VC, stride_kch, stride_kcs, stride_vch, stride_vcs,
+                   n_heads, n_kv_heads, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y (BLOCK_N,): the program's rotation pairs of head `head` of the stacked projection, interleaved (rows
+    j, j + HALF of each pair; j (BLOCK_N,) each pair's j twice), rounded to the activation dtype. Query and key
+    pairs are rotated by RoPE's angle at the row's position (cos, sin (BLOCK_N / 2,): float32 of the tables'
+    values, as `RotaryEmbedding.rotate` computes); queries go to Y, keys and values to the cache there."""
+    dims = j + (tl.arange(0, BLOCK_N) % 2) * HALF  # (BLOCK_N,) within the head
     if head < n_heads + n_kv_heads:
-        first = tl.arange(0, 2) == 0
-        y1 = tl.sum(tl.where(first, y, 0.0), axis=0)
-        y2 = tl.sum(tl.where(first, 0.0, y), axis=0)
-        y = tl.where(first, y1 * cos - y2 * sin, y2 * cos + y1 * sin)
+        y1, y2 = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        y = tl.reshape(tl.join(y1 * cos - y2 * sin, y2 * cos + y1 * sin), (BLOCK_N,))
     if head < n_heads:
         tl.store(Y + head * 2 * HALF + dims, y.to(Y.dtype.element_ty))
     elif head < n_heads + n_kv_heads:
@@ -170,13 +171,55 @@ def _store_rotated(y, position, cos, sin, Y, KC, VC, stride_kch, stride_kcs, str
                  y.to(VC.dtype.element_ty))
 
 
-def config(k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a K-column matrix. Two rows a program, whatever N: many
-    small programs keep the most loads in flight (the H100 sweep of benchmarks/gemv.py, BLOCK_N 1-32, tiles of
-    2k-16k elements, 2-8 warps, 1 or 3 stages, had BLOCK_N = 2 fastest on 14 of the 15 decode matrices of the
-    three GPT presets); K in chunks of up to 2048 columns, 8 warps for chunks that long."""
+Tiles = tuple[int, int, int, int]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
+
+
+def _two_rows(k: int) -> Tiles:
+    """Two rows a program: many small programs keep the most loads in flight (alone, in the H100 sweep of
+    benchmarks/gemv.py, BLOCK_N 1-32, tiles of 2k-16k elements, 2-8 warps, 1 or 3 stages, BLOCK_N = 2 was the
+    fastest on 14 of the 15 decode matrices of the three GPT presets); K in chunks of up to 2048 columns, 8
+    warps for chunks that long."""
     block_k = min(MAX_BLOCK_K, triton.next_power_of_2(k))
     return 2, block_k, 8 if block_k >= 2048 else 4, 3
+
+
+def _four_rows(k: int) -> Tiles:
+    """Four rows a program in chunks of up to 1024 columns (4 warps), or of 2048 (8 warps) past K = 2048."""
+    return (4, 2048, 8, 3) if k > 2048 else (4, min(1024, triton.next_power_of_2(k)), 4, 3)
+
+
+def _four_rows_wide(k: int) -> Tiles:
+    """Four rows a program, chunks as `_two_rows`."""
+    return (4, *_two_rows(k)[1:])
+
+
+def _four_rows_down(k: int) -> Tiles:
+    """Four rows a program past K = 2048 (SwiGLU's down projection), else two."""
+    return _four_rows(k) if k > 2048 else _two_rows(k)
+
+
+# In a decode step the GEMVs run back to back, each overlapping the one before (programmatic dependent launch),
+# and the best tiles are not those of a matrix alone: in CUDA-graph chains of a whole H100 decode step, four
+# rows a program were 10% faster than two at gpt-1.3b and 7% at gpt2-small but 8% slower at gpt-350m, with no
+# rule of N and K fitting all three. So a model's shapes get the rule that `scratchlm.inference.tuning` found
+# fastest for its decode step (`use_tile_rule`); others the default.
+TILE_RULES = {"two-rows": _two_rows, "four-rows": _four_rows, "four-rows-wide": _four_rows_wide,
+              "four-rows-down": _four_rows_down}
+DEFAULT_TILE_RULE = "two-rows"
+_shape_rules: dict[tuple[int, int], str] = {}  # (N, K) -> rule name
+
+
+def use_tile_rule(rule: str, shapes: Iterable[tuple[int, int]]) -> None:
+    """Weights of these (N, K) shapes get tiles from TILE_RULES[rule] in every launch from now on (CUDA graphs
+    and compiled steps keep the tiles they were made with)."""
+    if rule not in TILE_RULES:
+        raise ValueError(f"unknown tile rule {rule!r}; one of {sorted(TILE_RULES)}")
+    _shape_rules.update(dict.fromkeys(shapes, rule))
+
+
+def config(n: int, k: int) -> Tiles:
+    """The tiles of an N x K weight: its shape's rule (`use_tile_rule`), else the default rule."""
+    return TILE_RULES[_shape_rules.get((n, k), DEFAULT_TILE_RULE)](k)
 
 
 @dataclass(frozen=True)
@@ -194,11 +237,11 @@ class RopeStore:
 
 def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: float = 1e-5,
            residual: Tensor | None = None, gated: bool = False,
-           tiles: tuple[int, int, int, int] | None = None, rope: RopeStore | None = None) -> Tensor:
+           tiles: Tiles | None = None, rope: RopeStore | None = None) -> Tensor:
     """The kernel on checked, contiguous inputs. tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages), default
-    `config(K)` (benchmarks/gemv.py sweeps the alternatives); with `rope` the output is q only (H x D)."""
+    `config(N, K)` (benchmarks/gemv.py sweeps the alternatives); with `rope` the output is q only (H x D)."""
     n, k = weight.shape
-    block_n, block_k, num_warps, num_stages = tiles or config(k)
+    block_n, block_k, num_warps, num_stages = tiles or config(n, k)
     pdl = kernels.pdl_options(x)
     if rope is None:
         y = kernels.output_buffer((*x.shape[:-1], n), x.dtype, x.device)
@@ -209,7 +252,7 @@ def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: fl
         half, n_heads, n_kv_heads = k_cache.shape[-1] // 2, rope.n_heads, k_cache.shape[1]
         y = kernels.output_buffer((*x.shape[:-1], n_heads * 2 * half), x.dtype, x.device)
         cache_strides = (k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2))
-        block_n = 2  # one rotation pair a program
+        block_n = 2 * math.gcd(max(block_n // 2, 1), half)  # whole rotation pairs of one head a program
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, y, x if norm_weight is None else norm_weight, x if residual is None else residual, n, k,
         weight.stride(0), eps, cos, sin, position, k_cache, v_cache, *cache_strides, n_heads, n_kv_heads,
