@@ -1,6 +1,8 @@
-"""The Triton greedy pick (each row's argmax and its log-probability) against torch.argmax and a float64
-log_softmax: vocabularies of one and several chunks, ties within and across chunks (the lowest index wins),
-a chunk of -inf logits; the engine's greedy decoding through it."""
+"""The Triton token pick against PyTorch: greedy (each row's argmax and its log-probability) against
+torch.argmax and a float64 log_softmax, on vocabularies of one and several chunks, ties within and across
+chunks (the lowest index wins), a chunk of -inf logits; sampling (Gumbel-max at each row's temperature)
+against the PyTorch draw with the same noise (`inference.sampling.gumbel_noise`) and float64 log-probabilities;
+the engine's greedy and sampled decoding through them."""
 
 from __future__ import annotations
 
@@ -50,31 +52,72 @@ def test_strided_rows_and_bad_inputs():
     torch.library.opcheck(torch.ops.scratchlm.greedy, (torch.randn(2, 70, device=DEVICE),))
 
 
-def test_engine_decodes_greedily_through_the_kernel(monkeypatch):
-    """The engine's all-greedy steps with the kernel (forced on here) give the tokens and log-probabilities of
-    the PyTorch path; sampled steps keep the PyTorch path."""
+@pytest.mark.parametrize(("rows", "vocab"), [(5, 70), (4, 2 * gr.BLOCK + 7)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sampling_draws_the_pytorch_token_with_its_log_probabilities(rows, vocab, dtype):
+    """Each row's token is the PyTorch Gumbel-max draw with the same noise (rows at t = 0: the argmax); its
+    log-probabilities under the logits and under logits / t (0 at t = 0) match float64."""
+    from scratchlm.inference.sampling import gumbel_noise
+
+    logits = (torch.randn(rows, vocab, dtype=torch.float64, device=DEVICE) * 3).to(dtype)
+    temperature = torch.tensor([1.0, 0.0, 0.7, 2.5, 0.05][:rows], device=DEVICE)
+    seeds = torch.randint(-2**62, 2**62, (rows,), device=DEVICE)  # negative seeds too: int64 bits
+    positions = torch.randint(0, 4000, (rows,), device=DEVICE)
+    tokens, logprobs, sampling_logprobs = gr.sample(logits, temperature, seeds, positions)
+
+    tempered = logits.float() / torch.where(temperature > 0, temperature, 1.0)[:, None]
+    drawn = (tempered.double() + gumbel_noise(seeds, positions, vocab)).argmax(dim=-1)
+    expected = torch.where(temperature > 0, drawn, logits.float().argmax(dim=-1))
+    assert tokens.dtype == torch.long and torch.equal(tokens, expected)
+    at = expected[:, None]
+    assert_close_scaled(logprobs.double(), torch.log_softmax(logits.double(), -1).gather(-1, at)[:, 0],
+                        "log-probabilities", **TOLERANCES[torch.float32])
+    sampled = torch.where(temperature > 0, torch.log_softmax(tempered.double(), -1).gather(-1, at)[:, 0], 0.0)
+    assert_close_scaled(sampling_logprobs.double(), sampled, "sampling log-probabilities", **TOLERANCES[torch.float32])
+
+
+def test_sampling_arguments_are_checked():
+    logits, longs = torch.randn(2, 70, device=DEVICE), torch.zeros(2, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="must be \\(2,\\)"):
+        gr.sample(logits, torch.ones(3, device=DEVICE), longs, longs)
+    with pytest.raises(ValueError, match="must be \\(2,\\)"):
+        gr.sample(logits, torch.ones(2, device=DEVICE), longs.float(), longs)
+    torch.library.opcheck(torch.ops.scratchlm.sample, (logits, torch.ones(2, device=DEVICE), longs + 3, longs + 1))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=lambda t: f"T={t}")
+def test_engine_decodes_through_the_kernels(monkeypatch, temperature):
+    """The engine's greedy and sampled (seeded, unfiltered) steps with the kernels (forced on here) give the
+    tokens and log-probabilities of the PyTorch path; steps with top-k keep the PyTorch path."""
     from scratchlm.inference import sampling
     from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams
     from scratchlm.model import ModelConfig, TransformerLM
 
     calls = []
 
-    def counted(logits):
-        calls.append(logits.shape)
-        return gr.greedy(logits)
+    class Counted:
+        def greedy(self, logits):
+            calls.append("greedy")
+            return gr.greedy(logits)
+
+        def sample(self, *args):
+            calls.append("sample")
+            return gr.sample(*args)
 
     model = TransformerLM(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32),
                           device=DEVICE).eval()
     prompts, config = [[1, 2, 3], [4, 5]], EngineConfig(max_slots=2, sync_every=2)
+    params = SamplingParams(max_tokens=5, temperature=temperature, seed=3)
     results = {}
-    for name, kernel in (("torch", None), ("kernel", counted)):
-        monkeypatch.setattr(sampling, "_greedy_kernel", kernel)
-        monkeypatch.setattr(sampling, "_greedy_device_type", DEVICE.type)
-        results[name] = Engine(model, config).generate(prompts, SamplingParams(max_tokens=5, temperature=0))
-    assert calls, "the kernel was not used"
+    for name, kernels in (("torch", None), ("kernel", Counted())):
+        monkeypatch.setattr(sampling, "_token_kernels", kernels)
+        monkeypatch.setattr(sampling, "_kernel_device_type", DEVICE.type)
+        results[name] = Engine(model, config).generate(prompts, params)
+    assert set(calls) == {"greedy" if temperature == 0 else "sample"}, calls
     for got, expected in zip(results["kernel"], results["torch"]):
         assert got.token_ids == expected.token_ids
-        torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(expected.logprobs), rtol=1e-5, atol=1e-5)
+        for a, b in ((got.logprobs, expected.logprobs), (got.sampling_logprobs, expected.sampling_logprobs)):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
     calls.clear()
-    Engine(model, config).generate(prompts, SamplingParams(max_tokens=3, temperature=1.0, seed=0))
+    Engine(model, config).generate(prompts, SamplingParams(max_tokens=3, temperature=1.0, top_k=5, seed=0))
     assert not calls

@@ -7,28 +7,29 @@ reference that the KV-cache engine is tested against.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from scratchlm.model.layers import compute_dtype
 
-# scratchlm.kernels.greedy.greedy once `load_kernels` found it: greedy rows' token and log-probability in two
-# kernels (CUDA, float32 or half logits) instead of a float32 copy, log_softmax, argmax and gather
-_greedy_kernel: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
-_GREEDY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_greedy_device_type = "cuda"  # where the kernel runs (its tests force the CPU, under Triton's interpreter)
+# scratchlm.kernels.greedy once `load_kernels` found it: the next token and its log-probabilities in two kernels
+# (CUDA, float32 or half logits; greedy rows or Gumbel-max at a temperature) instead of ~30 PyTorch kernels
+_token_kernels: ModuleType | None = None
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_kernel_device_type = "cuda"  # where the kernels run (their tests force the CPU, under Triton's interpreter)
 
 
 def load_kernels() -> None:
-    """Import the greedy kernel when there is a GPU and Triton imports. Called as an engine is built (an import
-    inside a torch.compile'd decode step would break its graph)."""
-    global _greedy_kernel
-    if _greedy_kernel is not None or not torch.cuda.is_available():
+    """Import the token-picking kernels when there is a GPU and Triton imports. Called as an engine is built (an
+    import inside a torch.compile'd decode step would break its graph)."""
+    global _token_kernels
+    if _token_kernels is not None or not torch.cuda.is_available():
         return
     try:
-        _greedy_kernel = importlib.import_module("scratchlm.kernels.greedy").greedy
+        _token_kernels = importlib.import_module("scratchlm.kernels.greedy")
     except ImportError:
         return
 
@@ -150,18 +151,21 @@ def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tenso
     temperature, top_p, penalty: (rows, 1) float; top_k: (rows, 1) long; seeds, positions: (rows,) long,
     positions being those of the tokens drawn now. Temperature 0 is greedy. The flags skip work no row needs
     (the caller knows its rows' settings without asking the device): filtered=False skips the top-k/top-p
-    sort, sampled=False the noise (all rows greedy; on CUDA the greedy kernel then picks the tokens),
-    penalized=False the repetition penalty (all penalties 1).
+    sort, sampled=False the noise (all rows greedy), penalized=False the repetition penalty (all penalties 1).
+    Without filters and penalties, on CUDA, two kernels do it all (scratchlm.kernels.greedy).
 
     Processing order: repetition penalty, then temperature, top-k, top-p (Hugging Face's order). Returns
     (tokens, model log-probabilities, sampling log-probabilities), each (rows,): the model log-probability is
     log_softmax of the raw logits at temperature 1 (what RL and OpenAI's `logprobs` want); the sampling one is
     the log-probability under the processed distribution the token was drawn from (0 for greedy rows)."""
     wide = compute_dtype(logits.dtype)
-    if (not sampled and not penalized and _greedy_kernel is not None and logits.device.type == _greedy_device_type
-            and logits.dtype in _GREEDY_DTYPES):
-        tokens, logprobs = _greedy_kernel(logits)
-        return tokens, logprobs.to(wide), torch.zeros_like(logprobs, dtype=wide)
+    if (not filtered and not penalized and _token_kernels is not None and logits.device.type == _kernel_device_type
+            and logits.dtype in _KERNEL_DTYPES):
+        if not sampled:
+            tokens, logprobs = _token_kernels.greedy(logits)
+            return tokens, logprobs.to(wide), torch.zeros_like(logprobs, dtype=wide)
+        tokens, logprobs, sampling_logprobs = _token_kernels.sample(logits, temperature[:, 0].float(), seeds, positions)
+        return tokens, logprobs.to(wide), sampling_logprobs.to(wide)
     logits = logits.to(wide)
     penalized_logits = apply_repetition_penalty(logits, seen, penalty) if penalized else logits
     model_logprobs = torch.log_softmax(logits, dim=-1)  # (rows, vocab)
