@@ -31,7 +31,9 @@ BLOCK = 2048  # vocabulary entries a program reduces
 
 
 # SplitMix64 (scratchlm.inference.sampling.mix64): the same hash, so a seeded draw is the same token here as there
-_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_GOLDEN = tl.constexpr(0x9E3779B97F4A7C15)
+_MIX1 = tl.constexpr(0xBF58476D1CE4E5B9)
+_MIX2 = tl.constexpr(0x94D049BB133111EB)
 
 
 @triton.jit
@@ -46,17 +48,19 @@ def _mix64(x):
 def _scores(x, offs, row, T, SEED, POS, NOISE: tl.constexpr):
     """(what the token is picked by: x (greedy) or x / t + Gumbel noise in float64 (a row at temperature t > 0,
     Gumbel-max: a draw from softmax(x / t)), x / t) for one chunk of a row's float32 logits."""
-    if not NOISE:
-        return x, x
-    t = tl.load(T + row)
-    processed = x / tl.where(t > 0, t, 1.0)
-    seed = tl.load(SEED + row).to(tl.uint64, bitcast=True)
-    position = tl.load(POS + row).to(tl.uint64, bitcast=True)
-    key = _mix64(_mix64(seed) + position * tl.full((), _GOLDEN, tl.uint64))
-    bits = _mix64(_mix64(key + offs.to(tl.uint64))) >> 11  # 53 random bits per (seed, position, token id)
-    uniform = (bits.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2^-53: in (0, 1)
-    noisy = processed.to(tl.float64) - tl.log(-tl.log(uniform))
-    return tl.where(t > 0, noisy, x.to(tl.float64)), processed
+    score = x
+    processed = x
+    if NOISE:  # (no early return above: Triton would still type-check what follows it)
+        t = tl.load(T + row)
+        processed = x / tl.where(t > 0, t, 1.0)
+        seed = tl.load(SEED + row).to(tl.uint64, bitcast=True)
+        position = tl.load(POS + row).to(tl.uint64, bitcast=True)
+        key = _mix64(_mix64(seed) + position * tl.full((), _GOLDEN, tl.uint64))
+        bits = _mix64(_mix64(key + offs.to(tl.uint64))) >> 11  # 53 random bits per (seed, position, token id)
+        uniform = (bits.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2^-53: in (0, 1)
+        noisy = processed.to(tl.float64) - tl.log(-tl.log(uniform))
+        score = tl.where(t > 0, noisy, x.to(tl.float64))
+    return score, processed
 
 
 @triton.jit
