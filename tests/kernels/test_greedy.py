@@ -121,3 +121,18 @@ def test_engine_decodes_through_the_kernels(monkeypatch, temperature):
     calls.clear()
     Engine(model, config).generate(prompts, SamplingParams(max_tokens=3, temperature=1.0, top_k=5, seed=0))
     assert not calls
+
+
+def test_our_ops_are_registered_with_inductor_before_compiling():
+    """`kernels.register_compile_fallbacks` (what `inference.graphs.compiled` calls) makes every loaded
+    scratchlm op an Inductor fallback, so Inductor never formats their arguments to register them itself (the
+    torch 2.11 hang); calling it again changes nothing."""
+    from torch._inductor import lowering
+
+    from scratchlm import kernels
+
+    kernels.register_compile_fallbacks()
+    ops = [torch.ops.scratchlm.greedy.default, torch.ops.scratchlm.sample.default]
+    registered = [lowering.lowerings[op] for op in ops]
+    kernels.register_compile_fallbacks()
+    assert [lowering.lowerings[op] for op in ops] == registered
