@@ -27,6 +27,9 @@ def test_no_tuning_where_the_gemv_does_not_run(fresh_rules):
     assert not tuning.uses_gemv(model)
     assert tuning.tune_gemv_tiles(model) is None
     assert fresh_rules._shape_rules == {}
+    flat = torch.nn.Module()  # only flat parameters, as FSDP's shards: no matrix to time
+    flat.shard = torch.nn.Parameter(torch.zeros(10))
+    assert not tuning.uses_gemv(flat)
 
 
 def test_the_fastest_rule_is_kept_for_the_models_shapes(fresh_rules, monkeypatch):

@@ -31,7 +31,9 @@ _tuned: dict[tuple[torch.device, frozenset[tuple[int, int]]], dict[str, float]] 
 
 def uses_gemv(model: nn.Module) -> bool:
     """Whether the model's batch-1 decode steps run the one-row GEMV (a half-precision model on CUDA)."""
-    weight = next(p for p in model.parameters() if p.dim() == 2)
+    weight = next((p for p in model.parameters() if p.dim() == 2), None)
+    if weight is None:  # no matrix as such (FSDP's flat shards): nothing to tune
+        return False
     with torch.no_grad():
         row = torch.zeros(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
         return layers.one_row_kernels(row, weight) is not None
