@@ -3,8 +3,8 @@ batch-1 decode step.
 
 A batch-1 decode step is a chain of GEMVs, each overlapping the one before it (programmatic dependent launch),
 so the tiles that read one matrix fastest alone (benchmarks/gemv.py) are not the fastest in the chain, and
-which are depends on the model: on an H100, four rows a program instead of two made the step 10% faster at
-gpt-1.3b and 7% at gpt2-small but 8% slower at gpt-350m. So an engine times one decode step of its model
+which are depends on the model: on an H100, four rows a program instead of two made the step 11% faster at
+gpt-1.3b and 8% at gpt2-small but 8% slower at gpt-350m. So an engine times one decode step of its model
 under each rule of `scratchlm.kernels.gemv.TILE_RULES` (a CUDA graph over a scratch one-slot cache, replayed,
 the rules interleaved) and keeps the fastest for the model's weight shapes. About a second, once per model
 shape and process; the first run on a machine also compiles the candidate kernels (Triton caches them).

@@ -73,7 +73,6 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-
 def register_compile_fallbacks() -> None:
     """Tell Inductor up front that our custom ops loaded so far (`torch.ops.scratchlm.*`) are opaque calls,
     with the layout constraint it would pick itself. Inductor does this on its own the first time it meets an

@@ -200,7 +200,7 @@ def _four_rows_down(k: int) -> Tiles:
 
 # In a decode step the GEMVs run back to back, each overlapping the one before (programmatic dependent launch),
 # and the best tiles are not those of a matrix alone: in CUDA-graph chains of a whole H100 decode step, four
-# rows a program were 10% faster than two at gpt-1.3b and 7% at gpt2-small but 8% slower at gpt-350m, with no
+# rows a program were 11% faster than two at gpt-1.3b and 8% at gpt2-small but 8% slower at gpt-350m, with no
 # rule of N and K fitting all three. So a model's shapes get the rule that `scratchlm.inference.tuning` found
 # fastest for its decode step (`use_tile_rule`); others the default.
 TILE_RULES = {"two-rows": _two_rows, "four-rows": _four_rows, "four-rows-wide": _four_rows_wide,
