@@ -26,6 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the decode step (CUDA only: fused kernels, slow first requests)")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="launch decode kernels one by one instead of replaying CUDA graphs (debugging)")
+    parser.add_argument("--no-tune-gemv", dest="tune_gemv", action="store_false",
+                        help="skip timing the batch-1 decode step's GEMV tiles at start (CUDA; keeps the default tiles)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
     parser.add_argument("--model-name", help="the model id clients send (default: the run folder's name)")
@@ -44,7 +46,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     config = ServeConfig(host=args.host, port=args.port, max_queue=args.max_queue, model_name=name,
                          shutdown_timeout=args.shutdown_timeout)
     engine_config = EngineConfig(max_slots=args.max_batch, max_len=args.max_len, sync_every=args.sync_every,
-                                 compile=args.compile, cuda_graphs=args.cuda_graphs)
+                                 compile=args.compile, cuda_graphs=args.cuda_graphs, tune_gemv=args.tune_gemv)
     model, tokenizer = load_for_inference(checkpoint, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     app = build_app(model, tokenizer, engine_config, config)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
