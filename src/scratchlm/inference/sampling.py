@@ -6,13 +6,13 @@ reference that the KV-cache engine is tested against.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from scratchlm import kernels
 from scratchlm.model.layers import compute_dtype
 
 # scratchlm.kernels.greedy once `load_kernels` found it: the next token and its log-probabilities in two kernels
@@ -26,12 +26,8 @@ def load_kernels() -> None:
     """Import the token-picking kernels when there is a GPU and Triton imports. Called as an engine is built (an
     import inside a torch.compile'd decode step would break its graph)."""
     global _token_kernels
-    if _token_kernels is not None or not torch.cuda.is_available():
-        return
-    try:
-        _token_kernels = importlib.import_module("scratchlm.kernels.greedy")
-    except ImportError:
-        return
+    if _token_kernels is None:
+        _token_kernels = kernels.gpu_module("greedy")
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,

@@ -19,8 +19,10 @@ decorates a kernel): that is how the tests run them without a GPU.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -43,6 +45,17 @@ def pdl_options(t: Tensor) -> dict[str, bool]:
     """Launch options for a kernel that supports programmatic dependent launch (its PDL constexpr says whether
     to wait on the kernel before): {"launch_pdl": True} on a Hopper-or-later GPU with PDL on, else {}."""
     return {"launch_pdl": True} if PDL and t.is_cuda and _hopper_or_later(t.device) else {}
+
+
+def gpu_module(name: str) -> ModuleType | None:
+    """scratchlm.kernels.<name> when there is a GPU and Triton imports, else None. Callers load it as they build
+    things (a model, an engine): an import inside a torch.compile'd function would break its graph."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError:
+        return None
 
 
 def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

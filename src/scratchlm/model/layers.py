@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from scratchlm import kernels
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types (their sums and exponentials lose too much), the dtype itself when wider."""
@@ -36,13 +38,8 @@ def _load_gemv() -> None:
     """Find scratchlm.kernels.gemv when there is a GPU and Triton imports. Called as Linear layers are built (an
     import inside a torch.compile'd forward would break the graph)."""
     global _gemv
-    if _gemv is not None or not torch.cuda.is_available():
-        return
-    try:
-        module = importlib.import_module("scratchlm.kernels.gemv")
-    except ImportError:
-        return
-    _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
+    if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
+        _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
 
 
 def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
@@ -56,9 +53,9 @@ def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool =
     """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing.
     One row under the Triton GEMV (batch-1 decoding, see scratchlm.kernels.gemv.enabled) runs all of it as one
     kernel; otherwise these are the separate operations."""
-    if (kernels := one_row_kernels(x, weight)) is not None:
-        return kernels.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
-                              residual, gated)
+    if (fused := one_row_kernels(x, weight)) is not None:
+        return fused.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                          residual, gated)
     if norm is not None:
         x = norm(x)
     if gated:
