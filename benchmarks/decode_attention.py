@@ -68,7 +68,7 @@ def bench_case(heads: int, head_dim: int, batch: int, slots: int, position: int,
            "sdpa_prefix_us": timed(lambda k, v: F.scaled_dot_product_attention(
                q, k[:, :, :position + 1], v[:, :, :position + 1]))}
     if sweep:
-        results = {tiles: timed(lambda k, v, t=tiles: da.launch(q, k, v, positions, config=t))
+        results = {tiles: timed(lambda k, v, t=tiles: da.launch(q, k, v, da.query_positions(positions, 1), config=t))
                    for tiles in itertools.product(*SWEEP.values())}
         best = min(results, key=results.get)
         row["best_us"], row["best"] = results[best], list(best)

@@ -53,3 +53,9 @@ def check_fwd_bwd(ours: Callable[..., Tensor], reference: Callable[..., Tensor],
     for i, (g, e) in enumerate(zip(grads, expected_grads)):
         assert g.dtype == inputs[i].dtype and g.shape == inputs[i].shape, (i, g.dtype, g.shape)
         assert_close_scaled(g.double(), e, f"gradient of input {i} {tuple(e.shape)}", rtol=rtol, atol=atol)
+
+
+def rotate64(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE in float64 on (..., D), pairs (j, j + D/2); cos, sin broadcastable to (..., D/2)."""
+    x1, x2 = x.double().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -1,6 +1,6 @@
 """The Triton decode-attention kernel against a float64 masked softmax attention: rows at different positions of
 a cache with junk past them (and before their window), GQA, sliding windows, a batch-shared position, both head
-dims; launcher errors.
+dims, several queries per row (speculative verification); launcher errors.
 CPU: Triton's interpreter (blocks of 16 to 128 key slots, so caches of 33-130 slots cross blocks and leave some
 fully masked blocks to skip), with the key slots in one split and in as many splits as there are blocks."""
 
@@ -29,18 +29,21 @@ def float64_attention(q, k, v, mask):
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
-def cache_rows(b, h, n_kv, s, d, dtype, positions, window=None):
-    """q (b, h, 1, d), a cache (b, n_kv, s, d) whose slots a row must not see (past its position, before its
-    window) hold huge junk (a kernel that reads them is caught), the rows' positions (b,) and, for the
-    reference, their position mask."""
-    q = torch.randn(b, h, 1, d, dtype=torch.float64, device=DEVICE).to(dtype)
+def cache_rows(b, h, n_kv, s, d, dtype, positions, window=None, queries=1):
+    """q (b, h, queries, d), a cache (b, n_kv, s, d) whose slots a row must not see (past its last query's
+    position, before its first query's window) hold huge junk (a kernel that reads them is caught), the
+    queries' positions ((b,) for one query a row, else (b, queries): the row's position and those before) and,
+    for the reference, their position mask."""
+    q = torch.randn(b, h, queries, d, dtype=torch.float64, device=DEVICE).to(dtype)
     k, v = (torch.randn(b, n_kv, s, d, dtype=torch.float64, device=DEVICE) for _ in range(2))
     for row, p in enumerate(positions):
         k[row, :, p + 1:], v[row, :, p + 1:] = 1e4, -1e4
         if window is not None:
-            k[row, :, :max(0, p - window + 1)], v[row, :, :max(0, p - window + 1)] = 1e4, -1e4
+            first = max(0, p - queries + 1 - window + 1)
+            k[row, :, :first], v[row, :, :first] = 1e4, -1e4
     pos = torch.tensor(positions, device=DEVICE)
-    return q, k.to(dtype), v.to(dtype), pos, position_mask(pos[:, None], s, window)
+    pos = pos[:, None] + torch.arange(1 - queries, 1, device=DEVICE)  # (b, queries)
+    return q, k.to(dtype), v.to(dtype), pos[:, 0] if queries == 1 else pos, position_mask(pos, s, window)
 
 
 # (batch, heads, kv heads, cache slots, head dim, row positions, sliding window)
@@ -66,7 +69,7 @@ def test_decode_attention_matches_float64(monkeypatch, sms, b, h, n_kv, s, d, po
 @pytest.mark.parametrize("config", [(32, 4, 1), (64, 2, 8)], ids=str)
 def test_other_block_sizes(config):
     q, k, v, pos, mask = cache_rows(3, 4, 2, 130, 64, torch.float32, [5, 64, 129], window=70)
-    assert_close_scaled(da.launch(q, k, v, pos, 70, config=config).double(), float64_attention(q, k, v, mask),
+    assert_close_scaled(da.launch(q, k, v, da.query_positions(pos, 1), 70, config=config).double(), float64_attention(q, k, v, mask),
                         "output", **TOLERANCES[torch.float32])
 
 
@@ -82,6 +85,27 @@ def test_tiles_and_splits_fill_the_gpu_in_whole_blocks():
         block_n, _, per_sm = da.tiles(b, h, s, d, 132)
         n, length = da.splits(b, h, s, 132, block_n, per_sm)
         assert length % block_n == 0 and (n - 1) * length < s <= n * length
+
+
+# (batch, heads, kv heads, cache slots, head dim, last query's position per row, queries a row, sliding window)
+MULTI_QUERY_CASES = [
+    (1, 4, 2, 130, 64, [68], 5, None),  # speculative verification: k + 1 queries across a block edge
+    (2, 2, 1, 70, 64, [3, 69], 4, None),  # the first tokens, the last slot
+    (2, 4, 4, 100, 128, [90, 40], 3, 16),  # sliding window
+]
+
+
+@pytest.mark.parametrize("sms", [0, 1000], ids=["one split", "a split per block"])
+@pytest.mark.parametrize(("b", "h", "n_kv", "s", "d", "positions", "queries", "window"), MULTI_QUERY_CASES, ids=str)
+def test_several_queries_per_row(monkeypatch, sms, b, h, n_kv, s, d, positions, queries, window):
+    """Each query sees the slots up to its own position: the later queries of a row see the earlier ones' keys."""
+    monkeypatch.setattr(da.kernels, "sm_count", lambda device: sms)
+    q, k, v, pos, mask = cache_rows(b, h, n_kv, s, d, torch.float32, positions, window, queries)
+    out = decode_attention(q, k, v, pos, window)
+    assert out.shape == q.shape and out.transpose(1, 2).is_contiguous()  # (B, T, H, D) memory: no copy for o_proj
+    assert_close_scaled(out.double(), float64_attention(q, k, v, mask), "output", **TOLERANCES[torch.float32])
+    if b == 1:  # (T,) positions: the same for every row
+        assert torch.equal(decode_attention(q, k, v, pos[0], window), out)
 
 
 def test_one_position_shared_by_all_rows():
@@ -101,14 +125,14 @@ def test_decode_attention_half_precision(dtype):
 
 def test_launcher_rejects_bad_inputs():
     q, k, v, pos, _ = cache_rows(2, 4, 2, 70, 64, torch.float32, [3, 4])
-    with pytest.raises(ValueError, match="one query per row"):
-        decode_attention(torch.cat([q, q], dim=2), k, v, pos)
+    with pytest.raises(ValueError, match="positions must be long"):
+        decode_attention(torch.cat([q, q, q], dim=2), k, v, pos)  # 3 queries a row, 2 positions
     with pytest.raises(ValueError, match="KV dividing H"):
         decode_attention(q[:, :3], k, v, pos)
     with pytest.raises(ValueError, match="positions must be long"):
         decode_attention(q, k, v, pos.int())
     with pytest.raises(ValueError, match="positions must be long"):
-        decode_attention(q, k, v, pos[:, None])
+        decode_attention(q, k, v, pos[None])
     with pytest.raises(ValueError, match="positions must be long"):
         decode_attention(q, k, v, torch.cat([pos, pos]))
     with pytest.raises(ValueError, match="sliding_window"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.common import DEVICE, ON_GPU, TOLERANCES, require_triton
+from tests.kernels.common import DEVICE, ON_GPU, TOLERANCES, require_triton, rotate64
 from tests.model.reference import assert_close_scaled
 
 require_triton()
@@ -100,12 +100,6 @@ def test_launcher_rejects_bad_inputs():
         gemv(x[..., :15], w)
     with pytest.raises(ValueError, match="one row"):
         gemv(x, w.half())
-
-
-def rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in float64 on (..., D), pairs (j, j + D/2)."""
-    x1, x2 = x.double().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 @pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim", "k"), [(4, 2, 16, 48), (3, 3, 8, 100), (2, 1, 64, 64)],

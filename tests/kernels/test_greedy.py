@@ -136,3 +136,35 @@ def test_our_ops_are_registered_with_inductor_before_compiling():
     registered = [lowering.lowerings[op] for op in ops]
     kernels.register_compile_fallbacks()
     assert [lowering.lowerings[op] for op in ops] == registered
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8), dict(temperature=1.0, top_p=0.9)],
+                         ids=str)
+def test_speculative_decoding_through_the_kernels(monkeypatch, sampling):
+    """Speculative rounds pick (greedy) and draw (Gumbel-max on the drafts' and the residual's probabilities)
+    with the kernels where they run: the very tokens and statistics of the PyTorch path."""
+    from scratchlm.inference import sampling as sampling_module
+    from scratchlm.inference.speculative import SpeculativeDecoder
+    from scratchlm.model import ModelConfig, TransformerLM
+
+    calls = []
+
+    class Counted:
+        def greedy(self, logits):
+            calls.append("greedy")
+            return gr.greedy(logits)
+
+        def sample(self, *args):
+            calls.append("sample")
+            return gr.sample(*args)
+
+    torch.manual_seed(0)
+    models = [TransformerLM(ModelConfig(vocab_size=300, d_model=d, n_layers=1, n_heads=2, context_length=32),
+                            device=DEVICE).eval() for d in (32, 16)]
+    results = {}
+    for name, kernels in (("torch", None), ("kernel", Counted())):
+        monkeypatch.setattr(sampling_module, "_token_kernels", kernels)
+        monkeypatch.setattr(sampling_module, "_kernel_device_type", DEVICE.type)
+        results[name] = SpeculativeDecoder(*models, 20, k=3).generate([1, 2, 3], 12, seed=7, **sampling)
+    assert set(calls) == {"greedy" if sampling["temperature"] == 0 else "sample"}, calls
+    assert results["kernel"] == results["torch"]

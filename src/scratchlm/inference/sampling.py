@@ -30,6 +30,19 @@ def load_kernels() -> None:
         _token_kernels = kernels.gpu_module("greedy")
 
 
+def _kernels_for(logits: Tensor) -> ModuleType | None:
+    """The token kernels if they take these logits, else None."""
+    if _token_kernels is None or logits.device.type != _kernel_device_type or logits.dtype not in _KERNEL_DTYPES:
+        return None
+    return _token_kernels
+
+
+def argmax_tokens(logits: Tensor) -> Tensor:
+    """logits (rows, vocab) -> (rows,) argmax (lowest index on ties), by the token kernels where they run."""
+    token_kernels = _kernels_for(logits)
+    return logits.argmax(dim=-1) if token_kernels is None else token_kernels.greedy(logits)[0]
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
                    repetition_penalty: float = 1.0) -> None:
     if repetition_penalty <= 0:
@@ -139,6 +152,17 @@ def gumbel_noise(seeds: Tensor, positions: Tensor, vocab_size: int) -> Tensor:
     return -torch.log(-torch.log(seeded_uniform(seeds, positions, vocab_size)))
 
 
+def gumbel_max(scores: Tensor, seeds: Tensor, positions: Tensor) -> Tensor:
+    """scores (rows, vocab) float32, log-probabilities up to a constant per row (-inf: never drawn) -> (rows,)
+    tokens drawn from softmax(scores) by Gumbel-max with the noise of (seeds, positions) (rows,) long. The
+    token kernels (where they run) pick the same token as the PyTorch formula."""
+    token_kernels = _kernels_for(scores)
+    if token_kernels is None:
+        return (scores.double() + gumbel_noise(seeds, positions, scores.shape[-1])).argmax(dim=-1)
+    ones = torch.ones(scores.shape[0], dtype=torch.float32, device=scores.device)
+    return token_kernels.sample(scores, ones, seeds, positions)[0]
+
+
 def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, penalty: Tensor,
                  seeds: Tensor, positions: Tensor, *, filtered: bool = True, sampled: bool = True,
                  penalized: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -155,12 +179,12 @@ def sample_batch(logits: Tensor, seen: Tensor, temperature: Tensor, top_k: Tenso
     log_softmax of the raw logits at temperature 1 (what RL and OpenAI's `logprobs` want); the sampling one is
     the log-probability under the processed distribution the token was drawn from (0 for greedy rows)."""
     wide = compute_dtype(logits.dtype)
-    if (not filtered and not penalized and _token_kernels is not None and logits.device.type == _kernel_device_type
-            and logits.dtype in _KERNEL_DTYPES):
+    token_kernels = _kernels_for(logits)
+    if not filtered and not penalized and token_kernels is not None:
         if not sampled:
-            tokens, logprobs = _token_kernels.greedy(logits)
+            tokens, logprobs = token_kernels.greedy(logits)
             return tokens, logprobs.to(wide), torch.zeros_like(logprobs, dtype=wide)
-        tokens, logprobs, sampling_logprobs = _token_kernels.sample(logits, temperature[:, 0].float(), seeds, positions)
+        tokens, logprobs, sampling_logprobs = token_kernels.sample(logits, temperature[:, 0].float(), seeds, positions)
         return tokens, logprobs.to(wide), sampling_logprobs.to(wide)
     logits = logits.to(wide)
     penalized_logits = apply_repetition_penalty(logits, seen, penalty) if penalized else logits

@@ -14,6 +14,9 @@ A round is device work of a fixed shape, so on CUDA it is one graph replay (scra
 - the target feeds the last committed token and the k drafts (positions p-1 .. p+k-1);
 - acceptance, the residual draw and the commit (tokens written at p .., p advanced) happen on the device,
   with counter-based noise (scratchlm.inference.sampling.seeded_uniform): no generator state in the graph.
+  The draws are Gumbel-max in the token kernels (scratchlm.kernels.greedy: two kernels where PyTorch needs
+  ~30 for the noise alone), the acceptance uniforms of the whole sequence are drawn before its first round,
+  and at temperature 0 the rule reduces to comparing argmaxes, which is all that runs.
 The host reads one small tensor per round (this round's tokens) for stop tokens and the length budget.
 
 Rejected draft tokens need no cache rollback: a KVCache slot is a token position and attention masks keys
@@ -28,9 +31,17 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from scratchlm.inference import sampling
 from scratchlm.inference.graphs import GraphCache, compiled
 from scratchlm.inference.kv_cache import KVCache
-from scratchlm.inference.sampling import check_sampling, gumbel_noise, mix64, sampling_probs, seeded_uniform
+from scratchlm.inference.sampling import (
+    argmax_tokens,
+    check_sampling,
+    gumbel_max,
+    mix64,
+    sampling_probs,
+    seeded_uniform,
+)
 from scratchlm.inference.tuning import tune_gemv_tiles
 
 FEED = 2  # committed tokens the draft re-feeds each round
@@ -46,12 +57,6 @@ def _check_pair(target: nn.Module, draft: nn.Module, k: int, max_len: int) -> No
         if max_len > model.config.context_length:
             raise ValueError(f"prompt + max_new_tokens ({max_len} positions) exceeds the {name}'s context length "
                              f"{model.config.context_length}")
-
-
-def _draw(probs: Tensor, seed: Tensor, position: Tensor) -> Tensor:
-    """A token ~ probs (vocab,) by Gumbel-max with the noise of (seed, position): (1,) long."""
-    noise = gumbel_noise(seed.reshape(1), position.reshape(1), probs.shape[-1])[0]  # (vocab,)
-    return (probs.double().log() + noise).argmax().reshape(1)
 
 
 class SpeculativeDecoder:
@@ -73,7 +78,9 @@ class SpeculativeDecoder:
         self.accepted = torch.zeros(1, dtype=torch.long, device=device)  # drafts accepted by the last round
         self.seeds = torch.zeros(3, dtype=torch.long, device=device)  # draft samples, acceptance, target draws
         self.offsets = torch.arange(k + 1, device=device)
+        self.uniforms = torch.zeros(max_len, dtype=torch.float64, device=device)  # acceptance draw per position
         self._graphs = GraphCache(device, cuda_graphs)
+        sampling.load_kernels()  # before compiling: the token kernels draw and pick the tokens
         tune_gemv_tiles(draft, max_len=min(max_len, 1024))  # the draft decodes one row at a time
         self._run_round = compiled(self._round, device, compile)
 
@@ -91,6 +98,9 @@ class SpeculativeDecoder:
         sampling = (temperature, top_k, top_p)
         seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
         self.seeds.copy_(mix64(mix64(torch.tensor(seed)) + torch.arange(3)))
+        if temperature > 0:  # all of this sequence's acceptance uniforms at once: the rounds just gather them
+            positions = torch.arange(self.max_len, device=self.device)
+            self.uniforms.copy_(seeded_uniform(self.seeds[1].expand(self.max_len), positions, 1)[:, 0])
         n = len(prompt)
         self.ids[:n] = torch.tensor(prompt)
         self.p.fill_(n)
@@ -120,42 +130,67 @@ class SpeculativeDecoder:
     def _round(self, k: int, feed: int, sampling: tuple[float, int | None, float | None]) -> None:
         """Propose k drafts, verify them, commit j accepted drafts + 1 target token at p, advance p; device
         work only, shapes fixed by (k, feed). k = 0: one plain target step."""
-        temperature, top_k, top_p = sampling
-        probs = lambda logits: sampling_probs(logits, temperature, top_k, top_p)  # noqa: E731
         p, offsets = self.p, self.offsets
-        drafts, q = torch.zeros(0, dtype=torch.long, device=self.device), []
-        if k:
-            positions = p - feed + offsets[:feed]
-            logits = self.draft(self.ids[positions][None], positions, kv_cache=self.draft_cache)[0, -1]
-            tokens = []
-            for i in range(k):
-                q.append(probs(logits))  # (vocab,)
-                tokens.append(_draw(q[-1], self.seeds[0], p + i))
-                if i < k - 1:  # the last draft is never fed: nothing needs the draft's prediction after it
-                    logits = self.draft(tokens[-1][None], p + i, kv_cache=self.draft_cache)[0, -1]
-            drafts = torch.cat(tokens)  # (k,)
+        drafts, draft_probs = self._propose(k, feed, sampling)
         positions = p - 1 + offsets[: k + 1]
         target_in = torch.cat([self.ids[p - 1], drafts])[None]  # (1, k + 1)
-        target_p = probs(self.target(target_in, positions, kv_cache=self.target_cache)[0])  # (k + 1, vocab)
-        rows = offsets[:k]
-        if k:
-            draft_q = torch.stack(q)  # (k, vocab)
-            # accept draft i with probability min(1, p_i(x)/q_i(x)): u q < p; j = length of the accepted run
-            u = seeded_uniform(self.seeds[1].expand(k), p + rows, 1)[:, 0]  # (k,)
-            j = (u * draft_q[rows, drafts] < target_p[rows, drafts]).long().cumprod(0).sum()
-            residual = (target_p[:k] - draft_q).clamp(min=0)  # (k, vocab): what to draw after a rejection
-            # all-zero only when p == q up to rounding, where rejecting has probability ~0 anyway: draw from p
-            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, target_p[:k])
-            fallback = torch.cat([residual, target_p[k:]])  # (k + 1, vocab): row j = after accepting j drafts
+        target_logits = self.target(target_in, positions, kv_cache=self.target_cache)[0]  # (k + 1, vocab)
+        if sampling[0] == 0:
+            j, token = _verify_greedy(drafts, target_logits)
         else:
-            j, fallback = torch.zeros((), dtype=torch.long, device=self.device), target_p
-        # row j by index_select: indexing with a 0-dim tensor would read it on the host (no graph capture);
-        # Gumbel-max needs no normalising
-        token = _draw(fallback.index_select(0, j.reshape(1))[0], self.seeds[2], p + j)  # (1,)
+            j, token = self._verify_sampled(drafts, draft_probs, sampling_probs(target_logits, *sampling))
         # positions p .. p+k: the accepted drafts, then the drawn token (what follows is overwritten later)
         self.ids[p + offsets[: k + 1]] = torch.where(offsets[: k + 1] < j, torch.cat([drafts, token]), token)
         self.accepted.copy_(j.reshape(1))
         self.p.add_(j + 1)
+
+    def _propose(self, k: int, feed: int, sampling: tuple[float, int | None, float | None]
+                 ) -> tuple[Tensor, Tensor | None]:
+        """k draft tokens (k,) after the committed ones and, when sampling, the distributions they were drawn
+        from (k, vocab) float32 (None when greedy: the verification needs only the tokens)."""
+        p, greedy = self.p, sampling[0] == 0
+        tokens: list[Tensor] = []
+        probs: list[Tensor] = []
+        if not k:
+            return torch.zeros(0, dtype=torch.long, device=self.device), None
+        positions = p - feed + self.offsets[:feed]
+        logits = self.draft(self.ids[positions][None], positions, kv_cache=self.draft_cache)[0, -1:]  # (1, vocab)
+        for i in range(k):
+            if greedy:
+                tokens.append(argmax_tokens(logits))
+            else:
+                probs.append(sampling_probs(logits, *sampling))  # (1, vocab)
+                tokens.append(gumbel_max(probs[-1].log(), self.seeds[:1], p + i))  # (1,)
+            if i < k - 1:  # the last draft is never fed: nothing needs the draft's prediction after it
+                logits = self.draft(tokens[-1][None], p + i, kv_cache=self.draft_cache)[0]
+        return torch.cat(tokens), None if greedy else torch.cat(probs)
+
+    def _verify_sampled(self, drafts: Tensor, draft_probs: Tensor | None, target_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """(j, the token after them (1,)): draft i is accepted with probability min(1, p_i(x) / q_i(x)), j is the
+        length of the accepted run, and the token is drawn from the residual max(p_j - q_j, 0) (from p_k after
+        accepting all k). target_probs: (k + 1, vocab)."""
+        k, p = drafts.shape[0], self.p
+        padded = torch.zeros_like(target_probs[:1])  # row k: nothing to subtract
+        j = torch.zeros((), dtype=torch.long, device=self.device)
+        if k:
+            rows = self.offsets[:k]
+            u = self.uniforms.index_select(0, p + rows)  # (k,)
+            j = (u * draft_probs[rows, drafts] < target_probs[rows, drafts]).long().cumprod(0).sum()
+            padded = torch.cat([draft_probs, padded])
+        # row j by index_select: indexing with a 0-dim tensor would read it on the host (no graph capture)
+        target_row = target_probs.index_select(0, j.reshape(1))  # (1, vocab)
+        residual = (target_row - padded.index_select(0, j.reshape(1))).clamp(min=0)
+        # all-zero only when p == q up to rounding, where rejecting has probability ~0 anyway: draw from p
+        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, target_row)
+        return j, gumbel_max(residual.log(), self.seeds[2:], p + j)  # Gumbel-max needs no normalising
+
+
+def _verify_greedy(drafts: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(j, the token after them (1,)) at temperature 0, where the sampled rule reduces to: accept while the
+    draft is the target's argmax, then take the target's argmax."""
+    best = argmax_tokens(target_logits)  # (k + 1,)
+    j = (drafts == best[: drafts.shape[0]]).long().cumprod(0).sum()
+    return j, best.index_select(0, j.reshape(1))
 
 
 def _stats(rounds: int, proposed: int, accepted: int, draft_forwards: int, n_tokens: int) -> dict:

@@ -520,6 +520,10 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Ten
 
 _logged_fallbacks: set[str] = set()
 
+# Queries a row up to which attention against a KV cache runs the decode kernel (a program per query, each
+# reading the row's keys: fine for a few; a prompt's prefill goes to the fallback below)
+MAX_DECODE_QUERIES = 16
+
 
 def _fallback_reason(q: Tensor, sliding_window: int | None, mask: Tensor | None) -> str | None:
     if mask is not None:
@@ -535,17 +539,18 @@ def _fallback_reason(q: Tensor, sliding_window: int | None, mask: Tensor | None)
 
 def flash_attention_fn(q: Tensor, k: Tensor, v: Tensor, sliding_window: int | None = None,
                        mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-    """The "flash" attention backend (signature of scratchlm.model.attention). A decode step (one query per
-    row against a KV cache: the queries' positions given) runs scratchlm.kernels.decode_attention on the
-    positions, leaving the mask unused. Cases the kernels do not cover (a mask over several queries, a mask
+    """The "flash" attention backend (signature of scratchlm.model.attention). A decode step (up to
+    MAX_DECODE_QUERIES queries a row against a KV cache, the queries' positions given: decoding, speculative
+    verification) runs scratchlm.kernels.decode_attention on the positions, leaving the mask unused. Cases the kernels do not cover (a mask over several queries, a mask
     without positions, a sliding window without a mask, other head dims or dtypes) go to sdpa on CUDA, naive
     elsewhere, logged once at debug level. Tensors on a device Triton cannot run on are an error: nothing
     "flash" could mean there."""
     if q.device.type != "cuda" and not (INTERPRETED and q.device.type == "cpu"):
         raise ValueError(f"attention backend 'flash' is not available on {q.device.type}: its Triton kernels need "
                          "CUDA tensors (or TRITON_INTERPRET=1, for tests); use 'naive' or 'sdpa'")
-    if positions is not None and q.shape[2] == 1 and q.shape[-1] in HEAD_DIMS and q.dtype in kernels.KERNEL_DTYPES:
-        return decode_attention(q, k, v, positions.reshape(-1).long(), sliding_window)  # (batch or 1,)
+    if (positions is not None and q.shape[2] <= MAX_DECODE_QUERIES and q.shape[-1] in HEAD_DIMS
+            and q.dtype in kernels.KERNEL_DTYPES):
+        return decode_attention(q, k, v, positions.long(), sliding_window)
     reason = _fallback_reason(q, sliding_window, mask)
     if reason is None:
         return FlashAttentionFunction.apply(q, k, v, True)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scratchlm import kernels
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, one_row_kernels, softmax
 from scratchlm.model.rope import RotaryEmbedding
@@ -101,6 +102,19 @@ ATTENTION_BACKENDS: dict[str, AttentionFn] = {"naive": naive_attention, "sdpa": 
 LAZY_BACKENDS = {"flash": "scratchlm.kernels.flash_attention"}
 
 
+# scratchlm.kernels.rope_store.rope_store once an attention layer found it (CUDA with Triton): RoPE and the cache
+# store of several decode rows in one kernel
+_rope_store: Callable[..., Tensor] | None = None
+_rope_store_device_type = "cuda"  # where it runs (its tests force the CPU, under Triton's interpreter)
+
+
+def _load_rope_store() -> None:
+    """Called as attention layers are built (an import inside a torch.compile'd forward would break its graph)."""
+    global _rope_store
+    if _rope_store is None and (module := kernels.gpu_module("rope_store")) is not None:
+        _rope_store = module.rope_store
+
+
 # Lazy backends whose import failed, with the reason (tried once per process).
 _UNAVAILABLE: dict[str, str] = {}
 
@@ -152,6 +166,7 @@ class CausalSelfAttention(nn.Module):
         self.rope = rope
         if torch.cuda.is_available():  # import a Triton backend now: an import inside a compiled forward breaks the graph
             get_attention(self.backend, "cuda")
+        _load_rope_store()
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None, norm: RMSNorm | None = None,
                 residual: Tensor | None = None, rope_tables: tuple[Tensor, Tensor] | None = None,
@@ -165,7 +180,7 @@ class CausalSelfAttention(nn.Module):
         b, t, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q = None if cache is None else self._project_into_cache(x, positions, cache, norm)
-        if q is not None:  # one kernel projected, rotated and stored this step's keys and values
+        if q is not None:  # kernels rotated this step's q and k and stored its keys and values
             k, v = cache.stored(b)
         else:
             q, k, v = self.qkv_proj(x, norm=norm).split((q_dim, kv_dim, kv_dim), dim=-1)
@@ -189,29 +204,36 @@ class CausalSelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, q_dim), residual=residual)
 
     def projects_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache | None) -> bool:
-        """Whether `forward` hands this input's projection, rotation and cache store to one kernel
-        (scratchlm.kernels.gemv.gemv_qkv): one decode row that the one-row GEMV takes, a cache that lets a
-        kernel store into it, no QK-norm (it needs whole heads before the rotation)."""
+        """Whether `forward` rotates this input's q and k and stores its k and v in the cache by a kernel: one
+        decode row that the one-row GEMV takes (scratchlm.kernels.gemv.gemv_qkv: the projection too), or rows
+        on CUDA under no_grad (scratchlm.kernels.rope_store, after the projection's GEMM); both need a cache
+        that lets a kernel store into it and no QK-norm (it needs whole heads before the rotation)."""
         return self._cache_projection(x, positions, cache) is not None
 
     def _cache_projection(self, x: Tensor, positions: Tensor,
-                          cache: LayerCache | None) -> tuple[Callable[..., Tensor], tuple[Tensor, Tensor]] | None:
-        """(gemv_qkv, the cache's k and v tensors) where `projects_into_cache`, else None."""
-        kernels = None if cache is None or self.q_norm is not None else one_row_kernels(x, self.qkv_proj.weight)
-        stores = None if kernels is None else cache.in_place()
-        if stores is None or stores[0].dtype != x.dtype or positions.numel() != 1:
+                          cache: LayerCache | None) -> tuple[str, Callable[..., Tensor], tuple[Tensor, Tensor]] | None:
+        """("gemv_qkv" or "rope_store", that kernel, the cache's k and v tensors) where `projects_into_cache`,
+        else None."""
+        stores = None if cache is None or self.q_norm is not None else cache.in_place()
+        if stores is None or stores[0].dtype != x.dtype:
             return None
-        return kernels.gemv_qkv, stores
+        if positions.numel() == 1 and (one_row := one_row_kernels(x, self.qkv_proj.weight)) is not None:
+            return "gemv_qkv", one_row.gemv_qkv, stores
+        if (_rope_store is not None and x.device.type == _rope_store_device_type and x.dtype in kernels.KERNEL_DTYPES
+                and not torch.is_grad_enabled() and self.head_dim & (self.head_dim - 1) == 0):
+            return "rope_store", _rope_store, stores
+        return None
 
     def _project_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache,
                             norm: RMSNorm | None) -> Tensor | None:
-        """q (1, H, 1, hd) of one decode row, its k and v already rotated and stored in the cache, by one kernel
-        where `projects_into_cache`; None elsewhere."""
+        """q (b, H, t, hd), its k and v already rotated and stored in the cache, by the kernels of
+        `projects_into_cache`; None elsewhere."""
         found = self._cache_projection(x, positions, cache)
         if found is None:
             return None
-        gemv_qkv, stores = found
-        q = gemv_qkv(x, self.qkv_proj.weight, None if norm is None else norm.weight,
-                     1e-5 if norm is None else norm.eps, self.rope.cos, self.rope.sin, positions.reshape(1), *stores,
-                     self.n_heads)
+        name, kernel, stores = found
+        if name == "rope_store":
+            return kernel(self.qkv_proj(x, norm=norm), self.rope.cos, self.rope.sin, positions, *stores, self.n_heads)
+        q = kernel(x, self.qkv_proj.weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                   self.rope.cos, self.rope.sin, positions.reshape(1), *stores, self.n_heads)
         return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)

@@ -32,14 +32,18 @@ class _GemvKernels(NamedTuple):
 
 
 _gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
+_swiglu: Callable[[Tensor], Tensor] | None = None  # scratchlm.kernels.swiglu.swiglu, likewise
+_swiglu_device_type = "cuda"  # where it runs (its tests force the CPU, under Triton's interpreter)
 
 
-def _load_gemv() -> None:
-    """Find scratchlm.kernels.gemv when there is a GPU and Triton imports. Called as Linear layers are built (an
-    import inside a torch.compile'd forward would break the graph)."""
-    global _gemv
+def _load_kernels() -> None:
+    """Find scratchlm.kernels.gemv and .swiglu when there is a GPU and Triton imports. Called as Linear layers
+    are built (an import inside a torch.compile'd forward would break the graph)."""
+    global _gemv, _swiglu
     if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
         _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
+    if _swiglu is None and (module := kernels.gpu_module("swiglu")) is not None:
+        _swiglu = module.swiglu
 
 
 def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
@@ -59,8 +63,7 @@ def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool =
     if norm is not None:
         x = norm(x)
     if gated:
-        gate, up = x.chunk(2, dim=-1)
-        x = silu(gate) * up
+        x = swiglu_gate(x)
     y = x @ weight.T
     return y if residual is None else residual + y
 
@@ -79,7 +82,7 @@ class Linear(nn.Module):
             raise ValueError(f"row_splits {row_splits} must add up to d_out = {d_out}")
         self.row_splits = row_splits
         self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
-        _load_gemv()
+        _load_kernels()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -164,6 +167,16 @@ class RMSNorm(nn.Module):
 
 def silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
+
+
+def swiglu_gate(x: Tensor) -> Tensor:
+    """x (..., 2 F) = [gate, up] -> silu(gate) * up (..., F). Rows on CUDA under no_grad (decoding several rows)
+    take one kernel (scratchlm.kernels.swiglu, float32 inside) instead of three."""
+    if (_swiglu is not None and x.device.type == _swiglu_device_type and x.dtype in kernels.KERNEL_DTYPES
+            and not torch.is_grad_enabled()):
+        return _swiglu(x)
+    gate, up = x.chunk(2, dim=-1)
+    return silu(gate) * up
 
 
 class SwiGLU(nn.Module):
