@@ -19,7 +19,9 @@ values, but speculative acceptance does, see below), in one process, same weight
 - speculative decoding at batch 1 (`SpeculativeDecoder`, a --draft-layers x --draft-d-model draft) for each
   k in --ks and mode in --spec-modes: speed-up over plain cached decoding in the same mode and the acceptance
   rate. With random weights acceptance is chance agreement between unrelated models; give trained
-  checkpoints for meaningful numbers (benchmarks/inference_trained.sh).
+  checkpoints for meaningful numbers (benchmarks/inference_trained.sh). A round's time does not depend on
+  what it accepts, so each row also gives it in plain decode steps and the acceptance rate at which
+  speculative decoding breaks even and doubles the speed (`speculative.acceptance_for_speedup`).
 
 Timings: median of --repeats runs after a warm-up run (compilation and CUDA-graph capture stay outside), CUDA
 synchronised around each run. Writes benchmarks/results/inference.{json,md} (--quick: inference_quick.*,
@@ -49,7 +51,7 @@ from scratchlm.config import build_config  # noqa: E402
 from scratchlm.export import llama_config, to_hf_state_dict  # noqa: E402
 from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
 from scratchlm.inference.loading import DTYPES  # noqa: E402
-from scratchlm.inference.speculative import SpeculativeDecoder  # noqa: E402
+from scratchlm.inference.speculative import SpeculativeDecoder, acceptance_for_speedup  # noqa: E402
 from scratchlm.inference.tuning import tune_gemv_tiles  # noqa: E402
 from scratchlm.model import ModelConfig, TransformerLM  # noqa: E402
 from scratchlm.profiling import copy_bandwidth, profile_steps, top_ops  # noqa: E402
@@ -307,9 +309,15 @@ def bench_speculative_mode(target: Ours, draft: Ours, prompt: list[int], args: a
 
             seconds = timed(run, device, args.repeats)
             accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
+            # a round's time does not depend on what it accepts: in plain steps, it says what acceptance pays
+            round_cost = (seconds / statistics.median(s["rounds"] for s in stats)) / (plain / n)
             rows.append({"k": k, "tokens_per_second": n / seconds, "speedup": plain / seconds,
                          "acceptance_rate": accepted / proposed if proposed else 0.0,
-                         "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats)})
+                         "tokens_per_target_forward": statistics.mean(s["tokens_per_target_forward"] for s in stats),
+                         "round_us": seconds / statistics.median(s["rounds"] for s in stats) * 1e6,
+                         "round_cost": round_cost,
+                         "acceptance_for_1x": acceptance_for_speedup(1.0, k, round_cost),
+                         "acceptance_for_2x": acceptance_for_speedup(2.0, k, round_cost)})
             log(f"speculative {mode} T={temperature} k={k}: {plain / seconds:.2f}x, acceptance "
                 f"{rows[-1]['acceptance_rate']:.3f}")
         out.append({"mode": mode, "plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
@@ -355,10 +363,14 @@ def markdown(report: dict) -> str:
             lines += ["", f"Speculative decoding, batch 1, temperature {s['temperature']}, {s.get('mode', 'eager')}: plain "
                       f"{s['plain_tokens_per_second']:,.0f} tok/s, draft ({s['draft_params'] / 1e6:.1f}M) alone "
                       f"{s['draft_tokens_per_second']:,.0f} tok/s.", "",
-                      "| k | tokens/s | speed-up | acceptance | tokens / target forward |", "|---|---|---|---|---|"]
+                      "| k | tokens/s | speed-up | acceptance | tokens / target forward | round: us (plain steps) "
+                      "| acceptance for 1x / 2x |", "|---|---|---|---|---|---|---|"]
             for row in s["rows"]:
+                needed = " / ".join("–" if a is None else f"{a:.2f}" for a in (row["acceptance_for_1x"],
+                                                                              row["acceptance_for_2x"]))
                 lines.append(f"| {row['k']} | {row['tokens_per_second']:,.0f} | {row['speedup']:.2f}x | "
-                             f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} |")
+                             f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} | "
+                             f"{row['round_us']:,.0f} ({row['round_cost']:.2f}) | {needed} |")
         lines.append("")
     if report["random_weights"]:
         lines.append("Acceptance rates with random weights are chance agreement between unrelated models.")

@@ -139,6 +139,20 @@ def test_exactly_max_new_tokens(target, draft):
         assert len(speculative_generate(target, draft, PROMPTS[0], n, k=4, seed=n)[0]) == n
 
 
+def test_one_round_shape_a_sequence_until_the_context_ends(target, draft, monkeypatch):
+    """Every round proposes k drafts, the last one too (one graph / compilation a sequence); only rounds that
+    would pass the context's end propose fewer."""
+    decoder = SpeculativeDecoder(target, draft, 64, k=4)
+    shapes = []
+    original = decoder._run_round
+    monkeypatch.setattr(decoder, "_run_round", lambda k, feed, sampling: shapes.append(k) or original(k, feed, sampling))
+    decoder.generate(PROMPTS[0], 13, temperature=0)
+    assert set(shapes) == {4}
+    shapes.clear()
+    assert len(decoder.generate([1] * 50, 14, seed=0)[0]) == 14  # ends at position 64 = the context length
+    assert shapes[0] == 4 and shapes[-1] < 4
+
+
 def test_reproducible_with_a_seed(target, draft):
     a = speculative_generate(target, draft, [9], 15, k=3, seed=5, top_k=10)
     assert a == speculative_generate(target, draft, [9], 15, k=3, seed=5, top_k=10)
@@ -193,3 +207,27 @@ def test_errors(target, draft):
         speculative_generate(target, draft, [], 5)
     with pytest.raises(ValueError, match="top_p"):
         speculative_generate(target, draft, [1], 5, top_p=0)
+
+
+# -- what acceptance a speed-up needs --------------------------------------------------------------------
+
+def test_expected_tokens_per_round_against_a_simulation():
+    from scratchlm.inference.speculative import expected_tokens_per_round
+
+    generator = torch.Generator().manual_seed(0)
+    for acceptance, k in [(0.0, 3), (0.6, 4), (0.9, 2), (1.0, 5)]:
+        accepted = torch.rand(200_000, k, generator=generator) < acceptance
+        tokens = accepted.long().cumprod(dim=1).sum(dim=1) + 1  # the accepted run, then the target's token
+        assert abs(tokens.double().mean().item() - expected_tokens_per_round(acceptance, k)) < 0.01
+    with pytest.raises(ValueError, match="acceptance"):
+        expected_tokens_per_round(1.5, 2)
+
+
+def test_acceptance_for_speedup_inverts_it():
+    from scratchlm.inference.speculative import acceptance_for_speedup, expected_tokens_per_round
+
+    for k, round_cost, speedup in [(4, 2.0, 1.0), (4, 1.5, 2.0), (8, 1.3, 3.0)]:
+        a = acceptance_for_speedup(speedup, k, round_cost)
+        assert abs(expected_tokens_per_round(a, k) / round_cost - speedup) < 1e-9
+    assert acceptance_for_speedup(1.0, 4, 0.8) == 0.0  # rounds cheaper than a step: any acceptance
+    assert acceptance_for_speedup(2.0, 2, 2.0) is None  # 4 tokens a round needed, at most 3

@@ -25,13 +25,21 @@ import torch
 from scratchlm import kernels
 
 
-def compiled(fn: Callable, device: torch.device, enabled: bool) -> Callable:
+def compiled(fn: Callable, device: torch.device, enabled: bool, max_shapes: int = 256) -> Callable:
     """fn through torch.compile (one compilation per shape, never a dynamic-shape kernel) when enabled and on
-    CUDA, else fn. Our kernels must be loaded first: they are registered with Inductor here."""
+    CUDA, else fn. Our kernels must be loaded first: they are registered with Inductor here. Up to max_shapes
+    compilations of fn (Dynamo's default, 8 per function, would quietly run later shapes uncompiled: a
+    speculative decoder meets a round shape per draft length, feed and sampling setting)."""
     if not (enabled and device.type == "cuda"):
         return fn
     kernels.register_compile_fallbacks()
-    return torch.compile(fn, dynamic=False)
+    compiled_fn = torch.compile(fn, dynamic=False)
+
+    def run(*args: object, **kwargs: object) -> object:
+        with torch._dynamo.config.patch(recompile_limit=max_shapes):
+            return compiled_fn(*args, **kwargs)
+
+    return run
 
 
 class GraphCache:

@@ -71,14 +71,16 @@ class SpeculativeDecoder:
         self.target, self.draft, self.k, self.max_len = target.eval(), draft.eval(), k, max_len
         param = next(target.parameters())
         self.device = device = param.device
-        self.target_cache, self.draft_cache = (KVCache(m.config, 1, max_len, device=device,
+        # room for a whole round of k drafts after the last token allowed (see `generate`), within the context
+        self.slots = min(max_len + k, target.config.context_length, draft.config.context_length)
+        self.target_cache, self.draft_cache = (KVCache(m.config, 1, self.slots, device=device,
                                                        dtype=next(m.parameters()).dtype) for m in (target, draft))
-        self.ids = torch.zeros(max_len, dtype=torch.long, device=device)  # committed tokens
+        self.ids = torch.zeros(self.slots + 1, dtype=torch.long, device=device)  # committed tokens (+ a round's)
         self.p = torch.zeros(1, dtype=torch.long, device=device)  # how many
         self.accepted = torch.zeros(1, dtype=torch.long, device=device)  # drafts accepted by the last round
         self.seeds = torch.zeros(3, dtype=torch.long, device=device)  # draft samples, acceptance, target draws
         self.offsets = torch.arange(k + 1, device=device)
-        self.uniforms = torch.zeros(max_len, dtype=torch.float64, device=device)  # acceptance draw per position
+        self.uniforms = torch.zeros(self.slots, dtype=torch.float64, device=device)  # acceptance draw per position
         self._graphs = GraphCache(device, cuda_graphs)
         sampling.load_kernels()  # before compiling: the token kernels draw and pick the tokens
         tune_gemv_tiles(draft, max_len=min(max_len, 1024))  # the draft decodes one row at a time
@@ -99,28 +101,33 @@ class SpeculativeDecoder:
         seed = seed if seed is not None else int(torch.randint(0, 2**62, ()))
         self.seeds.copy_(mix64(mix64(torch.tensor(seed)) + torch.arange(3)))
         if temperature > 0:  # all of this sequence's acceptance uniforms at once: the rounds just gather them
-            positions = torch.arange(self.max_len, device=self.device)
-            self.uniforms.copy_(seeded_uniform(self.seeds[1].expand(self.max_len), positions, 1)[:, 0])
+            positions = torch.arange(self.slots, device=self.device)
+            self.uniforms.copy_(seeded_uniform(self.seeds[1].expand(self.slots), positions, 1)[:, 0])
         n = len(prompt)
         self.ids[:n] = torch.tensor(prompt)
         self.p.fill_(n)
         self._prefill(self.target, self.target_cache, prompt[:-1])  # the round feeds the last prompt token
         self._prefill(self.draft, self.draft_cache, prompt[:-FEED])  # ... and the draft the last two
         new, stop = [], set(stop_ids)
-        rounds = proposed = accepted = 0
+        rounds = proposed = accepted = drafted = 0
         while len(new) < max_new_tokens and not (new and new[-1] in stop):
-            k = min(self.k, max_new_tokens - len(new) - 1)  # never commit past max_new_tokens
+            # Every round proposes k drafts, also the last one, which keeps the tokens the budget allows: any
+            # prefix of a round's output is distributed as the target's, and one round shape (one graph, one
+            # compilation) serves the whole sequence. Only at the end of the context are there fewer drafts.
+            k = min(self.k, self.slots - n)
             feed = min(FEED, n)
             self._graphs.run((k, feed, sampling), lambda k=k, feed=feed: self._run_round(k, feed, sampling))
-            j, *committed = torch.cat([self.accepted, self.ids[n : n + k + 1]]).tolist()  # the round's one sync
-            committed = committed[: j + 1]
-            n += j + 1
-            rounds, proposed, accepted = rounds + 1, proposed + k, accepted + j
+            j, *out = torch.cat([self.accepted, self.ids[n : n + k + 1]]).tolist()  # the round's one sync
+            allowed = max_new_tokens - len(new)
+            committed = out[: min(j + 1, allowed)]
+            n += j + 1  # as p on the device (past the budget only when this was the last round)
+            rounds, proposed, accepted = rounds + 1, proposed + min(k, allowed - 1), accepted + len(committed) - 1
+            drafted += k
             for t in committed:
                 new.append(t)
                 if t in stop:
                     break
-        return new, _stats(rounds, proposed, accepted, proposed, len(new))
+        return new, _stats(rounds, proposed, accepted, drafted, len(new))
 
     def _prefill(self, model: nn.Module, cache: KVCache, tokens: list[int]) -> None:
         if tokens:
@@ -193,6 +200,32 @@ def _verify_greedy(drafts: Tensor, target_logits: Tensor) -> tuple[Tensor, Tenso
     return j, best.index_select(0, j.reshape(1))
 
 
+def expected_tokens_per_round(acceptance: float, k: int) -> float:
+    """Tokens a round of k drafts commits on average when each draft is accepted with probability `acceptance`
+    independently of the others (Leviathan et al. 2023, eq. 1): the accepted run plus one target token,
+    (1 - a^(k+1)) / (1 - a)."""
+    if not 0 <= acceptance <= 1:
+        raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
+    return float(k + 1) if acceptance == 1 else (1 - acceptance ** (k + 1)) / (1 - acceptance)
+
+
+def acceptance_for_speedup(speedup: float, k: int, round_cost: float) -> float | None:
+    """The acceptance rate at which rounds of k drafts, each costing `round_cost` plain decode steps of the
+    target (measured: a round's shapes, hence its time, do not depend on what is accepted), decode `speedup`
+    times as fast as the target alone; None when even accepting every draft falls short. Solves
+    expected_tokens_per_round(a, k) = speedup * round_cost for a (increasing in a) by bisection."""
+    needed = speedup * round_cost
+    if needed <= 1:
+        return 0.0
+    if needed > k + 1:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected_tokens_per_round(middle, k) < needed else (low, middle)
+    return high
+
+
 def _stats(rounds: int, proposed: int, accepted: int, draft_forwards: int, n_tokens: int) -> dict:
     return {"rounds": rounds, "proposed": proposed, "accepted": accepted,
             "acceptance_rate": accepted / proposed if proposed else 0.0,
@@ -208,11 +241,11 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
     rule accepts exactly while the draft token is the target's argmax and then draws that argmax: the output
     is the target's greedy output.
 
-    Both models must be on one device. Each round proposes min(k, tokens still allowed - 1) drafts, so a
-    round never commits more than max_new_tokens allows and nothing has to be thrown away at the end; the
-    context therefore needs room for prompt + max_new_tokens only. Output stops after a token in `stop_ids`
-    (kept). Stats: rounds (= target forwards), proposed and accepted draft tokens, acceptance_rate,
-    draft_forwards, tokens_per_target_forward. A `SpeculativeDecoder` does the work; keep one to reuse its
+    Both models must be on one device. Every round proposes k drafts (fewer only where the context ends: it
+    needs room for prompt + max_new_tokens only) and the last one keeps what max_new_tokens allows. Output
+    stops after a token in `stop_ids` (kept). Stats: rounds (= target forwards), proposed and accepted draft
+    tokens within the budget (a last round counts the drafts it could keep), acceptance_rate, draft_forwards,
+    tokens_per_target_forward. A `SpeculativeDecoder` does the work; keep one to reuse its
     caches and CUDA graphs across calls."""
     decoder = SpeculativeDecoder(target, draft, len(prompt) + max_new_tokens, k=k)
     return decoder.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
