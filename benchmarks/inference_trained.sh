@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/inference_trained.sh OUT_DIR     # DATA: folder with gutenberg-*.txt.xz and tok10k/
 #   QUICK=1 bash benchmarks/inference_trained.sh /tmp/it    # CPU smoke test of the script (tiny models)
+#   BENCH_ARGS="--batches 1 --no-hf --ks 2,4" bash benchmarks/inference_trained.sh OUT_DIR   # other bench flags
 set -euo pipefail
 OUT=${1:?usage: benchmarks/inference_trained.sh OUT_DIR}
 DATA=${DATA:-local_data/gpu}
@@ -20,6 +21,7 @@ else  # target: GPT-2 small's shape (85M parameters with this vocabulary); draft
     DRAFT=(--model.d-model 256 --model.n-layers 2 --model.n-heads 4); STEPS=(--steps "${STEPS:-1500}" --batch-size 32)
     COMMON=(--model.context-length 512); BENCH=(--temperatures 0,1 --repeats 2 --profile 15)
 fi
+[ -n "${BENCH_ARGS:-}" ] && read -ra BENCH <<< "$BENCH_ARGS"
 [ -f "$OUT/train.bin.json" ] || $SCRATCHLM tokenizer encode --tokenizer "$DATA/tok10k" --no-progress \
     --input "${SHARDS[@]}" --out "$OUT/train.bin"
 [ -f "$OUT/val.bin.json" ] || $SCRATCHLM tokenizer encode --tokenizer "$DATA/tok10k" --no-progress \

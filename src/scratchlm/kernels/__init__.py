@@ -4,12 +4,14 @@
     scratchlm.kernels.flash_attention  FlashAttention-2 forward + backward (`flash_attention`), registered as the
                                        model's "flash" attention backend
     scratchlm.kernels.flash_reference  the same FlashAttention-2 algorithm, tiled, in PyTorch (CPU-runnable)
-    scratchlm.kernels.decode_attention one query per row against its KV-cache row (`decode_attention`), what
-                                       the "flash" backend runs for decode steps
+    scratchlm.kernels.decode_attention a few queries per row against its KV-cache row (`decode_attention`),
+                                       what the "flash" backend runs for decode steps and verification
     scratchlm.kernels.gemv             one row times a weight matrix (`gemv`), what Linear runs for batch-1
                                        decoding; `gemv_qkv`, attention's projection + RoPE + cache store
-    scratchlm.kernels.greedy           each row's argmax token and its log-probability (`greedy`), the
-                                       engine's greedy steps
+    scratchlm.kernels.rope_store       RoPE + cache store of several rows after their QKV GEMM (`rope_store`)
+    scratchlm.kernels.swiglu           silu(gate) * up of several rows (`swiglu`)
+    scratchlm.kernels.greedy           each row's argmax token and its log-probability (`greedy`), or a
+                                       Gumbel-max draw (`sample`): the engine's and speculative decoding's picks
 
 Importing this package does not import Triton; the kernel modules do. Kernels run on CUDA tensors, or on CPU
 tensors when TRITON_INTERPRET=1 was set before the kernel module was imported (Triton reads it when it
