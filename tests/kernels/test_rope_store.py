@@ -45,6 +45,16 @@ def test_rope_store_rotates_and_stores_into_the_cache(b, t, n_heads, n_kv_heads,
         assert torch.equal(cache[untouched], old[untouched])
 
 
+def test_a_position_past_the_cache_writes_nothing():
+    """The model does not check positions on the host (that would sync): a bad one must not write outside the
+    cache (PyTorch's indexed store would raise on the device instead)."""
+    rope = RotaryEmbedding(16, 40, device=DEVICE)  # tables longer than the cache
+    qkv = torch.randn(1, 2, 4 * 16, device=DEVICE)
+    cache = torch.zeros(2, 1, 8, 16, device=DEVICE)  # two slots of 8 positions: slot 1 lies right after slot 0
+    rope_store(qkv, rope.cos, rope.sin, torch.tensor([7, 8], device=DEVICE), cache, cache.clone(), 2)
+    assert cache[0, :, 7].abs().sum() > 0 and torch.equal(cache[1], torch.zeros_like(cache[1]))
+
+
 def test_rope_store_arguments_are_checked():
     rope = RotaryEmbedding(8, 4, device=DEVICE)
     qkv = torch.randn(1, 2, 4 * 8, device=DEVICE)  # 2 query heads + 1 key + 1 value head of 8

@@ -31,13 +31,13 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from scratchlm.inference import sampling
 from scratchlm.inference.graphs import GraphCache, compiled
 from scratchlm.inference.kv_cache import KVCache
 from scratchlm.inference.sampling import (
     argmax_tokens,
     check_sampling,
     gumbel_max,
+    load_kernels,
     mix64,
     sampling_probs,
     seeded_uniform,
@@ -82,7 +82,7 @@ class SpeculativeDecoder:
         self.offsets = torch.arange(k + 1, device=device)
         self.uniforms = torch.zeros(self.slots, dtype=torch.float64, device=device)  # acceptance draw per position
         self._graphs = GraphCache(device, cuda_graphs)
-        sampling.load_kernels()  # before compiling: the token kernels draw and pick the tokens
+        load_kernels()  # before compiling: the token kernels draw and pick the tokens
         tune_gemv_tiles(draft, max_len=min(max_len, 1024))  # the draft decodes one row at a time
         self._run_round = compiled(self._round, device, compile)
 

@@ -24,11 +24,12 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, VC, n_queries, n_heads, n_kv_heads, stride_pb, stride_pt,
+def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, VC, n_queries, n_heads, n_kv_heads, n_slots, stride_pb, stride_pt,
                        stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, HALF: tl.constexpr,
                        PDL: tl.constexpr):
     """Program (query row r = b * T + t, head): head < H rotates query head `head` into Q (B x T, H, D); else
-    it rotates key head g = head - H into the cache row b at the position, and copies value head g there."""
+    it rotates key head g = head - H into the cache row b at the position, and copies value head g there. A
+    position past the cache's n_slots stores nothing (the caller's error; never a write out of the cache)."""
     query = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     row = query // n_queries
@@ -44,17 +45,19 @@ def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, VC, n_queries, n_heads, n_kv_h
     x1 = tl.load(x + j).to(tl.float32)
     x2 = tl.load(x + HALF + j).to(tl.float32)
     y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    inside = j < 2 * HALF  # every pair, as a mask
     if head < n_heads:
         out = Q + (query * n_heads + head) * 2 * HALF
     else:
+        inside = inside & (position < n_slots)
         kv_head = head - n_heads
         out = KC + row * stride_kcb + kv_head * stride_kch + position * stride_kcs
         value = VC + row * stride_vcb + kv_head * stride_vch + position * stride_vcs
         v = x + n_kv_heads * 2 * HALF  # the value head sits KV heads after its key head
-        tl.store(value + j, tl.load(v + j))
-        tl.store(value + HALF + j, tl.load(v + HALF + j))
-    tl.store(out + j, y1.to(out.dtype.element_ty))
-    tl.store(out + HALF + j, y2.to(out.dtype.element_ty))
+        tl.store(value + j, tl.load(v + j), mask=inside)
+        tl.store(value + HALF + j, tl.load(v + HALF + j), mask=inside)
+    tl.store(out + j, y1.to(out.dtype.element_ty), mask=inside)
+    tl.store(out + HALF + j, y2.to(out.dtype.element_ty), mask=inside)
 
 
 def _queries(qkv: Tensor, n_heads: int, head_dim: int, allocate) -> Tensor:
@@ -71,7 +74,7 @@ def _rope_store_op(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_c
     q = _queries(qkv, n_heads, head_dim, lambda shape, dtype, device: kernels.output_buffer(shape, dtype, device))
     pdl = kernels.pdl_options(qkv)
     _rope_store_kernel[(b * t, n_heads + n_kv_heads)](
-        qkv, cos, sin, positions, q, k_cache, v_cache, t, n_heads, n_kv_heads,
+        qkv, cos, sin, positions, q, k_cache, v_cache, t, n_heads, n_kv_heads, k_cache.shape[2],
         positions.stride(0) if positions.shape[0] > 1 else 0, positions.stride(1), *k_cache.stride()[:3],
         *v_cache.stride()[:3], HALF=head_dim // 2, PDL=bool(pdl), num_warps=1, **pdl)
     return q
