@@ -171,9 +171,10 @@ def silu(x: Tensor) -> Tensor:
 
 def swiglu_gate(x: Tensor) -> Tensor:
     """x (..., 2 F) = [gate, up] -> silu(gate) * up (..., F). Rows on CUDA under no_grad (decoding several rows)
-    take one kernel (scratchlm.kernels.swiglu, float32 inside) instead of three."""
+    take one kernel (scratchlm.kernels.swiglu, float32 inside) instead of three; not under torch.compile, which
+    fuses the three itself (and a compiled no_grad evaluation in training stays free of our inference ops)."""
     if (_swiglu is not None and x.device.type == _swiglu_device_type and x.dtype in kernels.KERNEL_DTYPES
-            and not torch.is_grad_enabled()):
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
         return _swiglu(x)
     gate, up = x.chunk(2, dim=-1)
     return silu(gate) * up
