@@ -97,7 +97,8 @@ def test_cached_decoding_of_several_rows_goes_through_it(monkeypatch):
         cache = KVCache(config, 2, 16, device=DEVICE)
         with torch.no_grad():
             model(prompt, torch.arange(5, device=DEVICE), kv_cache=cache, logits=False)
-            logits = model(step, torch.tensor([[5, 6, 7], [9, 10, 11]], device=DEVICE), kv_cache=cache)
+            # int32 positions: the PyTorch path indexes with them, the kernel takes them as long
+            logits = model(step, torch.tensor([[5, 6, 7], [9, 10, 11]], device=DEVICE).int(), kv_cache=cache)
         results[name] = logits, torch.stack(cache.k + cache.v)
     assert len(calls) == 2 * config.n_layers  # prompt and step, every layer
     for got, expected in zip(results["kernel"], results["torch"], strict=True):

@@ -233,7 +233,8 @@ class CausalSelfAttention(nn.Module):
             return None
         name, kernel, stores = found
         if name == "rope_store":
-            return kernel(self.qkv_proj(x, norm=norm), self.rope.cos, self.rope.sin, positions, *stores, self.n_heads)
+            return kernel(self.qkv_proj(x, norm=norm), self.rope.cos, self.rope.sin, positions.long(), *stores,
+                          self.n_heads)
         q = kernel(x, self.qkv_proj.weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
-                   self.rope.cos, self.rope.sin, positions.reshape(1), *stores, self.n_heads)
+                   self.rope.cos, self.rope.sin, positions.reshape(1).long(), *stores, self.n_heads)
         return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)
