@@ -85,6 +85,21 @@ def test_sampling_arguments_are_checked():
     torch.library.opcheck(torch.ops.scratchlm.sample, (logits, torch.ones(2, device=DEVICE), longs + 3, longs + 1))
 
 
+class CountedKernels:
+    """The token kernels, each call recorded (by name): what `inference.sampling` uses when forced on."""
+
+    def __init__(self):
+        self.calls = []
+
+    def greedy(self, logits):
+        self.calls.append("greedy")
+        return gr.greedy(logits)
+
+    def sample(self, *args):
+        self.calls.append("sample")
+        return gr.sample(*args)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=lambda t: f"T={t}")
 def test_engine_decodes_through_the_kernels(monkeypatch, temperature):
     """The engine's greedy and sampled (seeded, unfiltered) steps with the kernels (forced on here) give the
@@ -93,34 +108,24 @@ def test_engine_decodes_through_the_kernels(monkeypatch, temperature):
     from scratchlm.inference.engine import Engine, EngineConfig, SamplingParams
     from scratchlm.model import ModelConfig, TransformerLM
 
-    calls = []
-
-    class Counted:
-        def greedy(self, logits):
-            calls.append("greedy")
-            return gr.greedy(logits)
-
-        def sample(self, *args):
-            calls.append("sample")
-            return gr.sample(*args)
-
+    counted = CountedKernels()
     model = TransformerLM(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32),
                           device=DEVICE).eval()
     prompts, config = [[1, 2, 3], [4, 5]], EngineConfig(max_slots=2, sync_every=2)
     params = SamplingParams(max_tokens=5, temperature=temperature, seed=3)
     results = {}
-    for name, kernels in (("torch", None), ("kernel", Counted())):
+    for name, kernels in (("torch", None), ("kernel", counted)):
         monkeypatch.setattr(sampling, "_token_kernels", kernels)
         monkeypatch.setattr(sampling, "_kernel_device_type", DEVICE.type)
         results[name] = Engine(model, config).generate(prompts, params)
-    assert set(calls) == {"greedy" if temperature == 0 else "sample"}, calls
+    assert set(counted.calls) == {"greedy" if temperature == 0 else "sample"}, counted.calls
     for got, expected in zip(results["kernel"], results["torch"]):
         assert got.token_ids == expected.token_ids
         for a, b in ((got.logprobs, expected.logprobs), (got.sampling_logprobs, expected.sampling_logprobs)):
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
-    calls.clear()
+    counted.calls.clear()
     Engine(model, config).generate(prompts, SamplingParams(max_tokens=3, temperature=1.0, top_k=5, seed=0))
-    assert not calls
+    assert not counted.calls
 
 
 def test_our_ops_are_registered_with_inductor_before_compiling():
@@ -147,24 +152,14 @@ def test_speculative_decoding_through_the_kernels(monkeypatch, sampling):
     from scratchlm.inference.speculative import SpeculativeDecoder
     from scratchlm.model import ModelConfig, TransformerLM
 
-    calls = []
-
-    class Counted:
-        def greedy(self, logits):
-            calls.append("greedy")
-            return gr.greedy(logits)
-
-        def sample(self, *args):
-            calls.append("sample")
-            return gr.sample(*args)
-
+    counted = CountedKernels()
     torch.manual_seed(0)
     models = [TransformerLM(ModelConfig(vocab_size=300, d_model=d, n_layers=1, n_heads=2, context_length=32),
                             device=DEVICE).eval() for d in (32, 16)]
     results = {}
-    for name, kernels in (("torch", None), ("kernel", Counted())):
+    for name, kernels in (("torch", None), ("kernel", counted)):
         monkeypatch.setattr(sampling_module, "_token_kernels", kernels)
         monkeypatch.setattr(sampling_module, "_kernel_device_type", DEVICE.type)
         results[name] = SpeculativeDecoder(*models, 20, k=3).generate([1, 2, 3], 12, seed=7, **sampling)
-    assert set(calls) == {"greedy" if sampling["temperature"] == 0 else "sample"}, calls
+    assert set(counted.calls) == {"greedy" if sampling["temperature"] == 0 else "sample"}, counted.calls
     assert results["kernel"] == results["torch"]
