@@ -5,13 +5,14 @@
 
 Rows the one-row GEMV does not take (speculative verification's k + 1 positions, batched decoding) run their
 projections on cuBLAS; around them the model runs RoPE + the cache store (`scratchlm.kernels.rope_store`), the
-SwiGLU gate (`scratchlm.kernels.swiglu`) and attention against the cache (`scratchlm.kernels.decode_attention`,
-several queries a row). Side by side in one process, random weights of configs/train/<preset>, every row at
-position --position of a --slots cache, GPU time in a CUDA graph (`scratchlm.profiling.graph_seconds`):
-- a model forward of the rows through the cache, ours vs "torch ops" (the same model with the three kernels
-  off: PyTorch's rotation and indexed stores, silu(gate) * up, SDPA over the masked cache), for verification
-  (batch 1, R queries at consecutive positions) and batched decoding (R rows of one query); beside it the
-  one-row step (the GEMV path), so a verification pass reads as a number of plain decode steps;
+SwiGLU gate (`scratchlm.kernels.swiglu`), attention against the cache (`scratchlm.kernels.decode_attention`,
+several queries a row) and each residual add inside the norm after it (`scratchlm.kernels.rmsnorm`,
+`add_rms_norm`). Side by side in one process, random weights of configs/train/<preset>, every row at position
+--position of a --slots cache, GPU time in a CUDA graph (`scratchlm.profiling.graph_seconds`):
+- a model forward of the rows through the cache, ours vs "torch ops" (the same model with those four kernels
+  off: PyTorch's rotation and indexed stores, silu(gate) * up, SDPA over the masked cache, each add then its
+  norm), for verification (batch 1, R queries at consecutive positions) and batched decoding (R rows of one
+  query); beside it the one-row step (the GEMV path), so a verification pass reads as plain decode steps;
 - each operation alone at the preset's shapes (cold: each call its own copy of the inputs).
 Writes benchmarks/results/decode_rows.{json,md} atomically.
 """
@@ -51,12 +52,12 @@ def torch_ops() -> Iterator[None]:
     """The model without the several-row kernels: what it ran before them."""
     from scratchlm.kernels import flash_attention
 
-    saved = attention._rope_store, layers._swiglu, flash_attention.MAX_DECODE_QUERIES
-    attention._rope_store, layers._swiglu, flash_attention.MAX_DECODE_QUERIES = None, None, 1
+    saved = attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES
+    attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES = None, None, None, 1
     try:
         yield
     finally:
-        attention._rope_store, layers._swiglu, flash_attention.MAX_DECODE_QUERIES = saved
+        attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES = saved
 
 
 def us(calls: list[Callable[[], object]]) -> float:
@@ -87,6 +88,7 @@ def model_rows(model: TransformerLM, rows: list[int], slots: int, position: int)
 def op_rows(config, rows: int, slots: int, position: int, copies: int) -> list[dict]:  # noqa: ANN001
     """Each operation alone on `rows` queries of one sequence (verification's shape), cold."""
     from scratchlm.kernels.decode_attention import decode_attention
+    from scratchlm.kernels.rmsnorm import add_rms_norm, rms_norm
     from scratchlm.kernels.rope_store import rope_store
     from scratchlm.kernels.swiglu import swiglu
 
@@ -107,6 +109,8 @@ def op_rows(config, rows: int, slots: int, position: int, copies: int) -> list[d
         return q
 
     gate_up = [new(rows, 2 * config.ffn_dim) for _ in range(copies)]
+    stream = [(new(rows, config.d_model), new(rows, config.d_model)) for _ in range(copies)]  # (output, residual)
+    norm_weight = new(config.d_model)
     q = [new(1, heads, rows, head_dim) for _ in range(copies)]
     mask = position_mask(positions, slots)
     group = heads // kv_heads
@@ -115,6 +119,8 @@ def op_rows(config, rows: int, slots: int, position: int, copies: int) -> list[d
                                lambda i: torch_rope_store(qkv[i], *caches[i])),
         "SwiGLU gate": (lambda i: swiglu(gate_up[i]),
                         lambda i: layers.silu(gate_up[i][:, :config.ffn_dim]) * gate_up[i][:, config.ffn_dim:]),
+        "residual add + RMSNorm": (lambda i: add_rms_norm(*stream[i], norm_weight),
+                                   lambda i: rms_norm(stream[i][1] + stream[i][0], norm_weight)),
         "attention": (lambda i: decode_attention(q[i], *caches[i], positions),
                       lambda i: F.scaled_dot_product_attention(q[i], *caches[i], attn_mask=mask, enable_gqa=group > 1)),
     }

@@ -1,5 +1,6 @@
 """Triton RMSNorm and its hand-written PyTorch reference against a float64 formula, forward and backward; the
-model's RMSNorm on the Triton backend against the eager one; launcher errors. CPU: Triton's interpreter."""
+model's RMSNorm on the Triton backend against the eager one; launcher errors; the residual add fused into the
+norm (inference) against PyTorch, and a model forward of several rows through it. CPU: Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -84,6 +85,48 @@ def test_model_rms_norm_triton_backend_matches_torch_backend(dtype):
     for g, e in zip(torch.autograd.grad(out, (x, triton_norm.weight), dy),
                     torch.autograd.grad(expected, (x, torch_norm.weight), dy)):
         torch.testing.assert_close(g, e, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_add_rms_norm_adds_as_pytorch_and_normalises_the_sum(shape, dtype):
+    x, r = (leaf(*shape, dtype=dtype).detach() for _ in range(2))
+    w = leaf(shape[-1], dtype=dtype, scale=0.3).detach() + 1
+    normed, summed = rmsnorm.add_rms_norm(x, r, w, EPS)
+    # rounded once to the dtype, as the model's add (Triton's CPU interpreter truncates to bfloat16 instead of
+    # rounding to nearest: one unit in the last place)
+    torch.testing.assert_close(summed, r + x, rtol=2**-7 if dtype == torch.bfloat16 else 0, atol=0)
+    ref.assert_close_scaled(normed.double(), float64_rms_norm(summed.double(), w.double()), "normed",
+                            **TOLERANCES[dtype])
+    with pytest.raises(ValueError, match="residual must match"):
+        rmsnorm.add_rms_norm(x, r[..., :-1], w, EPS)
+
+
+def test_a_model_forward_of_several_rows_adds_inside_the_norms(monkeypatch):
+    """Several inference rows: each residual add happens in the kernel of the norm after it (forced on here, on
+    the CPU): the logits of the unfused forward, and 2 fused kernels a layer."""
+    from scratchlm.model import ModelConfig, TransformerLM, layers
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return rmsnorm.add_rms_norm(*args)
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, d_model=32, n_layers=3, n_heads=4, context_length=16, norm_backend="triton")
+    model = TransformerLM(config, device=DEVICE).eval()
+    tokens = torch.randint(0, 50, (2, 5), device=DEVICE)
+    results = {}
+    for name, kernel in (("unfused", None), ("fused", counted)):
+        monkeypatch.setattr(layers, "_add_rms_norm", kernel)
+        monkeypatch.setattr(layers, "_inference_kernels_device_type", DEVICE.type)
+        with torch.no_grad():
+            results[name] = model(tokens), model(tokens, logits=False)
+    assert len(calls) == 2 * 2 * config.n_layers  # two forwards
+    for got, expected in zip(results["fused"], results["unfused"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert model(tokens).grad_fn is not None and len(calls) == 4 * config.n_layers  # training: unfused
 
 
 def test_empty_input():

@@ -46,7 +46,7 @@ def test_the_mlp_of_several_rows_goes_through_it(monkeypatch):
     results = {}
     for name, kernel in (("torch", None), ("kernel", counted)):
         monkeypatch.setattr(layers, "_swiglu", kernel)
-        monkeypatch.setattr(layers, "_swiglu_device_type", DEVICE.type)
+        monkeypatch.setattr(layers, "_inference_kernels_device_type", DEVICE.type)
         with torch.no_grad():
             results[name] = mlp(x)
         assert mlp(x).grad_fn is not None  # training keeps the differentiable operations

@@ -33,8 +33,9 @@ DW_BLOCK_PARTIALS, DW_BLOCK_COLS = 32, 64  # the dw reduction's tile: partial ro
 @triton.jit
 def _rms_norm_fwd_kernel(
     X, W, Y, RSTD,  # x, y: (n_rows, n_cols) rows strided, columns contiguous; w: (n_cols,); rstd: (n_rows,) fp32
+    R, S,  # ADD: residual r and the sum s = x + r (n_rows, n_cols, contiguous), normalised instead of x
     n_rows, n_cols, stride_x, stride_y, eps,
-    BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    ADD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)  # (R,)
     cols = tl.arange(0, BLOCK_D)  # (D,)
@@ -42,6 +43,11 @@ def _rms_norm_fwd_kernel(
     mask = row_ok[:, None] & col_ok[None, :]
     rows64 = rows.to(tl.int64)[:, None]  # rows * stride overflows int32 past 2^31 elements
     x = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)  # (R, D)
+    if ADD:  # the residual add, rounded as the unfused model rounds it, then normalised
+        x = x + tl.load(R + rows64 * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = x.to(S.dtype.element_ty)
+        tl.store(S + rows64 * n_cols + cols[None, :], x, mask=mask)
+        x = x.to(tl.float32)
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)  # (R,); padded columns add 0 to the sum
     y = x * rstd[:, None] * w[None, :]
@@ -128,9 +134,27 @@ def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
     if n_rows:
         block_rows, block_d, num_warps = _tiles(n_cols)
         _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_rows),)](
-            x2, weight, y, rstd, n_rows, n_cols, x2.stride(0), y.stride(0), eps,
-            BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps)
+            x2, weight, y, rstd, x2, x2, n_rows, n_cols, x2.stride(0), y.stride(0), eps,  # (R, S not read)
+            ADD=False, BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps)
     return y.view(x.shape), rstd
+
+
+def add_rms_norm_forward(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Launcher of `add_rms_norm`: (rms_norm(x + residual), x + residual), both of x's shape and dtype."""
+    _check(x, weight)
+    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+        raise ValueError(f"residual must match x {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} "
+                         f"{residual.dtype} on {residual.device}")
+    x2, r2, weight = _rows(x), residual.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
+    n_rows, n_cols = x2.shape
+    y, summed = (kernels.output_buffer((n_rows, n_cols), x.dtype, x.device) for _ in range(2))
+    rstd = kernels.output_buffer((n_rows,), torch.float32, x.device)
+    if n_rows:
+        block_rows, block_d, num_warps = _tiles(n_cols)
+        _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_rows),)](
+            x2, weight, y, rstd, r2, summed, n_rows, n_cols, x2.stride(0), y.stride(0), eps,
+            ADD=True, BLOCK_ROWS=block_rows, BLOCK_D=block_d, num_warps=num_warps)
+    return y.view(x.shape), summed.view(x.shape)
 
 
 def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,6 +205,23 @@ def _rms_norm_bwd_op(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tup
 @_rms_norm_bwd_op.register_fake
 def _(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
+@torch.library.custom_op("scratchlm::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return add_rms_norm_forward(x, residual, weight, eps)
+
+
+@_add_rms_norm_op.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(rms_norm(s), s) for s = x + residual rounded to x's dtype, in one kernel; forward only (inference:
+    a residual add and the next RMSNorm of several decoding rows)."""
+    return _add_rms_norm_op(x, residual, weight, eps)
 
 
 class RMSNormFunction(torch.autograd.Function):

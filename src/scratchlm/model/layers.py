@@ -33,17 +33,27 @@ class _GemvKernels(NamedTuple):
 
 _gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
 _swiglu: Callable[[Tensor], Tensor] | None = None  # scratchlm.kernels.swiglu.swiglu, likewise
-_swiglu_device_type = "cuda"  # where it runs (its tests force the CPU, under Triton's interpreter)
+_add_rms_norm: Callable[..., tuple[Tensor, Tensor]] | None = None  # scratchlm.kernels.rmsnorm.add_rms_norm
+_inference_kernels_device_type = "cuda"  # where those two run (their tests force the CPU, under the interpreter)
 
 
 def _load_kernels() -> None:
     """Find scratchlm.kernels.gemv and .swiglu when there is a GPU and Triton imports. Called as Linear layers
     are built (an import inside a torch.compile'd forward would break the graph)."""
-    global _gemv, _swiglu
+    global _gemv, _swiglu, _add_rms_norm
     if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
         _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
     if _swiglu is None and (module := kernels.gpu_module("swiglu")) is not None:
         _swiglu = module.swiglu
+    if _add_rms_norm is None and (module := kernels.gpu_module("rmsnorm")) is not None:
+        _add_rms_norm = module.add_rms_norm
+
+
+def _inference_rows(x: Tensor) -> bool:
+    """Rows that the several-row inference kernels take: CUDA, a kernel dtype, under no_grad, outside
+    torch.compile (which fuses such pointwise work itself)."""
+    return (x.device.type == _inference_kernels_device_type and x.dtype in kernels.KERNEL_DTYPES
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
 def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
@@ -156,6 +166,14 @@ class RMSNorm(nn.Module):
     def init_weights(self) -> None:
         nn.init.ones_(self.weight)
 
+    def add(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(s), s) for s = residual + x: a residual add and the norm after it, in one kernel for inference
+        rows (scratchlm.kernels.rmsnorm.add_rms_norm; see `fuses_residual_adds`), else the two operations."""
+        if _add_rms_norm is not None and self.triton_kernel is not None and _inference_rows(x):
+            return _add_rms_norm(x, residual, self.weight, self.eps)
+        summed = residual + x
+        return self(summed), summed
+
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same
         if self.triton_kernel is not None and (self.backend == "triton" or (
                 x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32))):
@@ -169,12 +187,18 @@ def silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
 
 
+def fuses_residual_adds(x: Tensor, norm: RMSNorm) -> bool:
+    """Whether a model forward of x (batch, seq, d_model) adds each residual in the kernel of the RMSNorm that
+    follows it (`RMSNorm.add`): several inference rows (one row has it all in the GEMV) with the kernel there."""
+    return (_add_rms_norm is not None and norm.triton_kernel is not None and _inference_rows(x)
+            and x.numel() != x.shape[-1])
+
+
 def swiglu_gate(x: Tensor) -> Tensor:
     """x (..., 2 F) = [gate, up] -> silu(gate) * up (..., F). Rows on CUDA under no_grad (decoding several rows)
     take one kernel (scratchlm.kernels.swiglu, float32 inside) instead of three; not under torch.compile, which
     fuses the three itself (and a compiled no_grad evaluation in training stays free of our inference ops)."""
-    if (_swiglu is not None and x.device.type == _swiglu_device_type and x.dtype in kernels.KERNEL_DTYPES
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+    if _swiglu is not None and _inference_rows(x):
         return _swiglu(x)
     gate, up = x.chunk(2, dim=-1)
     return silu(gate) * up

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from scratchlm.model.attention import CausalSelfAttention, LayerCache, position_mask
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, compute_dtype, linear
+from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, compute_dtype, fuses_residual_adds, linear
 from scratchlm.model.rope import RotaryEmbedding
 
 
@@ -31,11 +31,20 @@ class Block(nn.Module):
         self.ffn = SwiGLU(config.d_model, config.ffn_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, positions: Tensor, cache: LayerCache | None = None,
-                rope_tables: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
+                rope_tables: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                added: bool = False, pending: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         # (batch, seq, d_model) -> same. Norms and residual adds go into the modules so that one-row decoding
         # can fuse them with the projections (scratchlm.kernels.gemv).
-        x = self.attn(x, positions, cache, norm=self.attn_norm, residual=x, rope_tables=rope_tables, mask=mask)
-        return self.ffn(x, norm=self.ffn_norm, residual=x)
+        if not added:
+            x = self.attn(x, positions, cache, norm=self.attn_norm, residual=x, rope_tables=rope_tables, mask=mask)
+            return self.ffn(x, norm=self.ffn_norm, residual=x)
+        # added (several inference rows, `layers.fuses_residual_adds`): each residual add happens in the kernel
+        # of the norm after it (`RMSNorm.add`); `pending` is the previous block's output, not yet added to the
+        # residual stream x, and this block returns (x, its own pending output). Each norm used here is this
+        # block's own, so a wrapper that gathers a block's parameters around its forward (FSDP) still works.
+        normed, x = (self.attn_norm(x), x) if pending is None else self.attn_norm.add(pending, x)
+        normed, x = self.ffn_norm.add(self.attn(normed, positions, cache, rope_tables=rope_tables, mask=mask), x)
+        return x, self.ffn(normed)
 
 
 class TransformerLM(nn.Module):
@@ -79,6 +88,13 @@ class TransformerLM(nn.Module):
         projected = kv_cache is not None and self.layers[0].attn.projects_into_cache(x, token_positions, kv_cache.layer(0))
         rope_tables = None if projected else self.rope.tables(token_positions, compute_dtype(x.dtype))
         mask = None if kv_cache is None else position_mask(token_positions, kv_cache.kv_len, self.config.sliding_window)
+        if fuses_residual_adds(x, self.norm):  # several inference rows: each add inside the next norm's kernel
+            pending = None
+            for i, layer in enumerate(self.layers):
+                x, pending = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i), rope_tables,
+                                   mask, added=True, pending=pending)
+            normed = self.norm(x) if pending is None else self.norm.add(pending, x)[0]
+            return self.output(normed) if logits else normed
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i), rope_tables, mask)
         return self.output(x, norm=self.norm) if logits else self.norm(x)
