@@ -38,8 +38,8 @@ _inference_kernels_device_type = "cuda"  # where those two run (their tests forc
 
 
 def _load_kernels() -> None:
-    """Find scratchlm.kernels.gemv and .swiglu when there is a GPU and Triton imports. Called as Linear layers
-    are built (an import inside a torch.compile'd forward would break the graph)."""
+    """Find scratchlm.kernels.gemv, .swiglu and .rmsnorm's add_rms_norm when there is a GPU and Triton imports.
+    Called as Linear layers are built (an import inside a torch.compile'd forward would break the graph)."""
     global _gemv, _swiglu, _add_rms_norm
     if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
         _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
