@@ -78,7 +78,7 @@ def test_cached_decoding_of_several_rows_goes_through_it(monkeypatch):
     verification) rotates and stores with the kernel (forced on here, on the CPU): the logits and the cache
     of the PyTorch operations."""
     from scratchlm.inference.kv_cache import KVCache
-    from scratchlm.model import ModelConfig, TransformerLM, attention
+    from scratchlm.model import ModelConfig, TransformerLM, attention, layers
 
     calls = []
 
@@ -93,7 +93,7 @@ def test_cached_decoding_of_several_rows_goes_through_it(monkeypatch):
     results = {}
     for name, kernel in (("torch", None), ("kernel", counted)):
         monkeypatch.setattr(attention, "_rope_store", kernel)
-        monkeypatch.setattr(attention, "_rope_store_device_type", DEVICE.type)
+        monkeypatch.setattr(layers, "_inference_kernels_device_type", DEVICE.type)
         cache = KVCache(config, 2, 16, device=DEVICE)
         with torch.no_grad():
             model(prompt, torch.arange(5, device=DEVICE), kv_cache=cache, logits=False)

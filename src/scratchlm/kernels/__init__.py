@@ -24,6 +24,7 @@ import functools
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -64,6 +65,15 @@ def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
     """`torch.empty` for every buffer a kernel fills. The tests replace it with a NaN-filled allocation, so an
     element a kernel forgets to write shows up as NaN instead of passing with whatever memory held."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def heads_per_query(b: int, h: int, t: int, d: int, dtype: torch.dtype, device: torch.device,
+                    allocate: Callable[..., Tensor] | None = None) -> Tensor:
+    """A (B, H, T, D) buffer laid out as (B, T, H, D): each query's heads side by side, so that attention
+    reads q and the output projection reads the attention output without copies. allocate(shape, dtype=,
+    device=): `output_buffer` by default (a fake implementation passes torch.empty)."""
+    allocate = allocate or (lambda shape, dtype, device: output_buffer(shape, dtype, device))
+    return allocate((b, t, h, d), dtype=dtype, device=device).transpose(1, 2)
 
 
 def check_device(interpreted: bool, *tensors: Tensor) -> None:

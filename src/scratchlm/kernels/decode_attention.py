@@ -22,8 +22,6 @@ BLOCK_N shrinks with the work: small blocks at batch 1 (more programs), large on
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import triton
 import triton.language as tl
@@ -193,13 +191,6 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_win
             raise ValueError(f"{name} must be contiguous in its last dimension")
 
 
-def _output(q: Tensor, allocate: Callable[..., Tensor]) -> Tensor:
-    """(B, H, T, D) laid out as (B, T, H, D): the attention output's heads side by side per query, so that the
-    output projection reads it without a copy."""
-    b, h, t, d = q.shape
-    return allocate((b, t, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
-
-
 def launch(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None = None,
            config: tuple[int, int, int] | None = None) -> Tensor:
     """The kernels on checked inputs (positions (B or 1, T)). config: (BLOCK_N, num_warps, PROGRAMS_PER_SM),
@@ -210,7 +201,7 @@ def launch(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: i
     # tiles and splits as for one query a row: the T queries of a row see about the same slots, and more
     # programs of one small block each beat fewer that walk several (the visible slots are unknown here)
     block_n, num_warps, programs_per_sm = config or tiles(b, h, k.shape[2], d, sm_count)
-    out = _output(q, lambda shape, dtype, device: kernels.output_buffer(shape, dtype, device))
+    out = kernels.heads_per_query(b, h, t, d, q.dtype, q.device)
     pdl = kernels.pdl_options(q)
     stride_pb = positions.stride(0) if positions.shape[0] > 1 else 0  # one set of positions shared by every row
     n_splits, split_len = splits(b, h, k.shape[2], sm_count, block_n, programs_per_sm)
@@ -240,7 +231,7 @@ def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sli
 
 @_decode_attention_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None) -> Tensor:
-    return _output(q, torch.empty)
+    return kernels.heads_per_query(*q.shape, q.dtype, q.device, torch.empty)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, sliding_window: int | None = None) -> Tensor:

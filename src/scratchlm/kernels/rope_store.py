@@ -60,18 +60,12 @@ def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, VC, n_queries, n_heads, n_kv_h
     tl.store(out + HALF + j, y2.to(out.dtype.element_ty), mask=inside)
 
 
-def _queries(qkv: Tensor, n_heads: int, head_dim: int, allocate) -> Tensor:
-    """q (B, H, T, D) laid out as (B, T, H, D), what decode attention reads and writes without copies."""
-    b, t, _ = qkv.shape
-    return allocate((b, t, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device).transpose(1, 2)
-
-
 @torch.library.custom_op("scratchlm::rope_store", mutates_args=("k_cache", "v_cache"))
 def _rope_store_op(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
                    n_heads: int) -> Tensor:
     b, t, _ = qkv.shape
     n_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
-    q = _queries(qkv, n_heads, head_dim, lambda shape, dtype, device: kernels.output_buffer(shape, dtype, device))
+    q = kernels.heads_per_query(b, n_heads, t, head_dim, qkv.dtype, qkv.device)
     pdl = kernels.pdl_options(qkv)
     _rope_store_kernel[(b * t, n_heads + n_kv_heads)](
         qkv, cos, sin, positions, q, k_cache, v_cache, t, n_heads, n_kv_heads, k_cache.shape[2],
@@ -83,7 +77,8 @@ def _rope_store_op(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_c
 @_rope_store_op.register_fake
 def _(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
       n_heads: int) -> Tensor:
-    return _queries(qkv, n_heads, k_cache.shape[3], torch.empty)
+    b, t, _ = qkv.shape
+    return kernels.heads_per_query(b, n_heads, t, k_cache.shape[3], qkv.dtype, qkv.device, torch.empty)
 
 
 def rope_store(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,

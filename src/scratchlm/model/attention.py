@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from scratchlm import kernels
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, one_row_kernels, softmax
+from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, inference_rows, one_row_kernels, softmax
 from scratchlm.model.rope import RotaryEmbedding
 
 AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None, positions=None) -> out
@@ -105,7 +105,6 @@ LAZY_BACKENDS = {"flash": "scratchlm.kernels.flash_attention"}
 # scratchlm.kernels.rope_store.rope_store once an attention layer found it (CUDA with Triton): RoPE and the cache
 # store of several decode rows in one kernel
 _rope_store: Callable[..., Tensor] | None = None
-_rope_store_device_type = "cuda"  # where it runs (its tests force the CPU, under Triton's interpreter)
 
 
 def _load_rope_store() -> None:
@@ -219,8 +218,7 @@ class CausalSelfAttention(nn.Module):
             return None
         if positions.numel() == 1 and (one_row := one_row_kernels(x, self.qkv_proj.weight)) is not None:
             return "gemv_qkv", one_row.gemv_qkv, stores
-        if (_rope_store is not None and x.device.type == _rope_store_device_type and x.dtype in kernels.KERNEL_DTYPES
-                and not torch.is_grad_enabled() and self.head_dim & (self.head_dim - 1) == 0):
+        if _rope_store is not None and inference_rows(x, under_compile=True) and self.head_dim & (self.head_dim - 1) == 0:
             return "rope_store", _rope_store, stores
         return None
 

@@ -34,7 +34,7 @@ class _GemvKernels(NamedTuple):
 _gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
 _swiglu: Callable[[Tensor], Tensor] | None = None  # scratchlm.kernels.swiglu.swiglu, likewise
 _add_rms_norm: Callable[..., tuple[Tensor, Tensor]] | None = None  # scratchlm.kernels.rmsnorm.add_rms_norm
-_inference_kernels_device_type = "cuda"  # where those two run (their tests force the CPU, under the interpreter)
+_inference_kernels_device_type = "cuda"  # where the several-row kernels run (tests force the CPU, interpreted)
 
 
 def _load_kernels() -> None:
@@ -49,11 +49,11 @@ def _load_kernels() -> None:
         _add_rms_norm = module.add_rms_norm
 
 
-def _inference_rows(x: Tensor) -> bool:
-    """Rows that the several-row inference kernels take: CUDA, a kernel dtype, under no_grad, outside
-    torch.compile (which fuses such pointwise work itself)."""
+def inference_rows(x: Tensor, under_compile: bool = False) -> bool:
+    """Rows that the several-row inference kernels take: CUDA, a kernel dtype, under no_grad, and outside
+    torch.compile unless `under_compile` (Inductor fuses pointwise work itself; not an indexed cache store)."""
     return (x.device.type == _inference_kernels_device_type and x.dtype in kernels.KERNEL_DTYPES
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+            and not torch.is_grad_enabled() and (under_compile or not torch.compiler.is_compiling()))
 
 
 def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
@@ -169,7 +169,7 @@ class RMSNorm(nn.Module):
     def add(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
         """(norm(s), s) for s = residual + x: a residual add and the norm after it, in one kernel for inference
         rows (scratchlm.kernels.rmsnorm.add_rms_norm; see `fuses_residual_adds`), else the two operations."""
-        if _add_rms_norm is not None and self.triton_kernel is not None and _inference_rows(x):
+        if _add_rms_norm is not None and self.triton_kernel is not None and inference_rows(x):
             return _add_rms_norm(x, residual, self.weight, self.eps)
         summed = residual + x
         return self(summed), summed
@@ -190,7 +190,7 @@ def silu(x: Tensor) -> Tensor:
 def fuses_residual_adds(x: Tensor, norm: RMSNorm) -> bool:
     """Whether a model forward of x (batch, seq, d_model) adds each residual in the kernel of the RMSNorm that
     follows it (`RMSNorm.add`): several inference rows (one row has it all in the GEMV) with the kernel there."""
-    return (_add_rms_norm is not None and norm.triton_kernel is not None and _inference_rows(x)
+    return (_add_rms_norm is not None and norm.triton_kernel is not None and inference_rows(x)
             and x.numel() != x.shape[-1])
 
 
@@ -198,7 +198,7 @@ def swiglu_gate(x: Tensor) -> Tensor:
     """x (..., 2 F) = [gate, up] -> silu(gate) * up (..., F). Rows on CUDA under no_grad (decoding several rows)
     take one kernel (scratchlm.kernels.swiglu, float32 inside) instead of three; not under torch.compile, which
     fuses the three itself (and a compiled no_grad evaluation in training stays free of our inference ops)."""
-    if _swiglu is not None and _inference_rows(x):
+    if _swiglu is not None and inference_rows(x):
         return _swiglu(x)
     gate, up = x.chunk(2, dim=-1)
     return silu(gate) * up
