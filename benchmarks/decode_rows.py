@@ -69,7 +69,8 @@ def model_rows(model: TransformerLM, rows: list[int], slots: int, position: int)
     config = model.config
     one_row = KVCache(config, 1, slots, device="cuda", dtype=DTYPE)
     token = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-    step_us = us([lambda: model(token, torch.tensor([position], device="cuda"), kv_cache=one_row)] * 3)
+    one_position = torch.tensor([position], device="cuda")
+    step_us = us([lambda: model(token, one_position, kv_cache=one_row)] * 3)
     out = []
     for r in rows:
         shapes = {"verification": (1, r, torch.arange(position, position + r, device="cuda")),

@@ -127,6 +127,17 @@ def test_a_model_forward_of_several_rows_adds_inside_the_norms(monkeypatch):
     for got, expected in zip(results["fused"], results["unfused"], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert model(tokens).grad_fn is not None and len(calls) == 4 * config.n_layers  # training: unfused
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):  # float32 stream + bf16 outputs
+        torch.testing.assert_close(model(tokens), reference(model, tokens), rtol=0, atol=0)
+    assert len(calls) == 4 * config.n_layers  # the two dtypes differ: added outside the kernel
+
+
+def reference(model, tokens):
+    from scratchlm.model import layers
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers, "_add_rms_norm", None)
+        return model(tokens)
 
 
 def test_empty_input():

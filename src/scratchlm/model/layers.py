@@ -168,8 +168,10 @@ class RMSNorm(nn.Module):
 
     def add(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
         """(norm(s), s) for s = residual + x: a residual add and the norm after it, in one kernel for inference
-        rows (scratchlm.kernels.rmsnorm.add_rms_norm; see `fuses_residual_adds`), else the two operations."""
-        if _add_rms_norm is not None and self.triton_kernel is not None and inference_rows(x):
+        rows (scratchlm.kernels.rmsnorm.add_rms_norm; see `fuses_residual_adds`), else the two operations (also
+        where the dtypes differ: a float32 residual stream under autocast adds bfloat16 block outputs)."""
+        if (_add_rms_norm is not None and self.triton_kernel is not None and inference_rows(x)
+                and x.dtype == residual.dtype):
             return _add_rms_norm(x, residual, self.weight, self.eps)
         summed = residual + x
         return self(summed), summed
