@@ -20,8 +20,7 @@ if torch.cuda.is_available():
 else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     for name in ("scratchlm.kernels.rmsnorm", "scratchlm.kernels.flash_attention", "scratchlm.kernels.decode_attention",
-                 "scratchlm.kernels.rope_store", "scratchlm.kernels.swiglu", "scratchlm.kernels.gemv",
-                 "scratchlm.kernels.decode_layers"):
+                 "scratchlm.kernels.rope_store", "scratchlm.kernels.swiglu", "scratchlm.kernels.gemv"):
         module = sys.modules.get(name)
         if module is not None and not module.INTERPRETED:  # decorated for a GPU that is not there
             raise pytest.UsageError(f"{name} was imported before tests/kernels/conftest.py set TRITON_INTERPRET=1; "

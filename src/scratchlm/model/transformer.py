@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import weakref
-from types import ModuleType
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from scratchlm import kernels
 from scratchlm.model.attention import CausalSelfAttention, LayerCache, position_mask
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import (Embedding, Linear, RMSNorm, SwiGLU, compute_dtype, fuses_residual_adds,
-                                    inference_rows, linear)
+from scratchlm.model.layers import Embedding, Linear, RMSNorm, SwiGLU, compute_dtype, fuses_residual_adds, linear
 from scratchlm.model.rope import RotaryEmbedding
-
-_decode_layers: ModuleType | None = None  # scratchlm.kernels.decode_layers, loaded as models are built
-# Per KV cache (by its first layer's key tensor, until that dies): the pointer tables of the models decoding
-# into it, by the addresses they hold. Kept as long as the cache lives: CUDA graphs captured on it read them.
-_layer_tables: dict[int, dict[tuple[int, ...], tuple[Tensor, Tensor]]] = {}
-
-
-def _tables_of(cache_tensor: Tensor) -> dict[tuple[int, ...], tuple[Tensor, Tensor]]:
-    key = id(cache_tensor)
-    if key not in _layer_tables:
-        _layer_tables[key] = {}
-        weakref.finalize(cache_tensor, _layer_tables.pop, key, None)
-    return _layer_tables[key]
 
 
 class KVCacheLike(Protocol):
@@ -77,9 +60,6 @@ class TransformerLM(nn.Module):
         self.layers = nn.ModuleList(Block(config, self.rope, device=device, dtype=dtype) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype, backend=config.norm_backend)
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
-        global _decode_layers
-        if _decode_layers is None:
-            _decode_layers = kernels.gpu_module("decode_layers")
 
     def init_weights(self) -> None:
         """(Re)initialise every parameter and buffer, e.g. after building on the meta device and `to_empty`."""
@@ -103,9 +83,6 @@ class TransformerLM(nn.Module):
                 raise ValueError("a forward pass with a KV cache needs token_positions")
             token_positions = torch.arange(seq, device=token_ids.device)
         x = self.embed(token_ids)
-        if kv_cache is not None and self.decodes_in_one_kernel(x, kv_cache):
-            x = self._decode_layers(x, token_positions, kv_cache)
-            return self.output(x, norm=self.norm) if logits else self.norm(x)
         # What every layer needs of the positions, once per pass (not once per layer: fewer kernels and launches);
         # no RoPE tables where the layers' decode kernel rotates by itself (the same for every layer)
         projected = kv_cache is not None and self.layers[0].attn.projects_into_cache(x, token_positions, kv_cache.layer(0))
@@ -121,45 +98,6 @@ class TransformerLM(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i), rope_tables, mask)
         return self.output(x, norm=self.norm) if logits else self.norm(x)
-
-    def decodes_in_one_kernel(self, x: Tensor, kv_cache: KVCacheLike) -> bool:
-        """Whether a forward of these embeddings runs all layers as one persistent kernel
-        (scratchlm.kernels.decode_layers): one row through a cache the kernel may store into, under no_grad on
-        CUDA outside torch.compile, no QK-norm, heads of a power-of-two size."""
-        if _decode_layers is None or not _decode_layers.is_enabled() or x.numel() != x.shape[-1]:
-            return False
-        config, stores = self.config, kv_cache.layer(0).in_place()
-        return (inference_rows(x) and not config.qk_norm and stores is not None and stores[0].dtype == x.dtype
-                and config.head_dim & (config.head_dim - 1) == 0 and 16 <= config.head_dim <= 256)
-
-    def _decode_layers(self, x: Tensor, positions: Tensor, kv_cache: KVCacheLike) -> Tensor:
-        """The residual stream after every layer, for one row x (1, 1, d_model) (see `decodes_in_one_kernel`)."""
-        config = self.config
-        k_cache = kv_cache.layer(0).in_place()[0]
-        shapes = _decode_layers.LayerShapes(config.n_layers, config.d_model, config.n_heads, config.kv_heads,
-                                            config.head_dim, config.ffn_dim, self.norm.eps, config.sliding_window)
-        out = _decode_layers.decode_layers(x.view(-1), positions.reshape(1).long(), self._layer_table(kv_cache),
-                                           self.rope.cos, self.rope.sin, shapes, (k_cache.stride(1), k_cache.stride(2)))
-        return out.view_as(x)
-
-    def _layer_table(self, kv_cache: KVCacheLike) -> Tensor:
-        """(n_layers, 8) int64 on the model's device: each layer's tensors' addresses, in the order of
-        scratchlm.kernels.decode_layers.POINTERS (the caches' first slot)."""
-        tensors = []
-        for i, block in enumerate(self.layers):
-            k, v = kv_cache.layer(i).in_place()
-            tensors += [block.attn_norm.weight, block.attn.qkv_proj.weight, block.attn.o_proj.weight,
-                        block.ffn_norm.weight, block.ffn.gate_up_proj.weight, block.ffn.down_proj.weight, k, v]
-        if any(not t.is_contiguous() for t in tensors[:6]) or any(t.stride(-1) != 1 for t in tensors[6:]):
-            raise ValueError("decoding in one kernel needs contiguous weights and caches contiguous in head_dim")
-        addresses = tuple(t.data_ptr() for t in tensors)
-        tables = _tables_of(tensors[6])
-        if addresses not in tables:
-            host = torch.tensor(addresses, dtype=torch.int64).view(len(self.layers), -1)
-            if k.is_cuda:  # pinned (and kept): a CUDA graph being captured may copy from it, and replay the copy
-                host = host.pin_memory()
-            tables[addresses] = host, host.to(k.device, non_blocking=True)
-        return tables[addresses][1]
 
     def output(self, h: Tensor, norm: RMSNorm | None = None) -> Tensor:
         """(..., d_model) -> logits (..., vocab_size): the LM head of h, or of norm(h)."""
