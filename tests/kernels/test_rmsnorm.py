@@ -104,7 +104,8 @@ def test_add_rms_norm_adds_as_pytorch_and_normalises_the_sum(shape, dtype):
 
 def test_a_model_forward_of_several_rows_adds_inside_the_norms(monkeypatch):
     """Several inference rows: each residual add happens in the kernel of the norm after it (forced on here, on
-    the CPU): the logits of the unfused forward, and 2 fused kernels a layer."""
+    the CPU): the logits of the unfused forward, and 2 fused kernels a layer; under autocast (a float32 residual
+    stream, bfloat16 block outputs) the adds stay outside the kernel."""
     from scratchlm.model import ModelConfig, TransformerLM, layers
 
     calls = []
@@ -128,11 +129,11 @@ def test_a_model_forward_of_several_rows_adds_inside_the_norms(monkeypatch):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert model(tokens).grad_fn is not None and len(calls) == 4 * config.n_layers  # training: unfused
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):  # float32 stream + bf16 outputs
-        torch.testing.assert_close(model(tokens), reference(model, tokens), rtol=0, atol=0)
+        torch.testing.assert_close(model(tokens), unfused_forward(model, tokens), rtol=0, atol=0)
     assert len(calls) == 4 * config.n_layers  # the two dtypes differ: added outside the kernel
 
 
-def reference(model, tokens):
+def unfused_forward(model, tokens):
     from scratchlm.model import layers
 
     with pytest.MonkeyPatch.context() as patch:
