@@ -297,15 +297,20 @@ def bench_speculative_mode(target: Ours, draft: Ours, prompt: list[int], args: a
     for temperature in args.temperatures:
         plain = timed(target.generate([prompt], n, plain_mode, temperature), device, args.repeats)
         draft_plain = timed(draft.generate([prompt], n, plain_mode, temperature), device, args.repeats)
+        # greedy: the same tokens as plain decoding, up to where a near-tie's rounding (one row vs k + 1 rows
+        # through different kernels) picks the other token
+        greedy = target.generate([prompt], n, plain_mode, 0.0)()[0].token_ids if temperature == 0 else None
         rows = []
         for k, decoder in decoders.items():
             stats: list[dict] = []
+            outputs: list[list[int]] = []
 
-            def run(decoder: SpeculativeDecoder = decoder, stats: list[dict] = stats,
+            def run(decoder: SpeculativeDecoder = decoder, stats: list[dict] = stats, outputs: list[list[int]] = outputs,
                     temperature: float = temperature) -> None:
                 tokens, s = decoder.generate(prompt, n, temperature=temperature, seed=len(stats))
                 assert len(tokens) == n
                 stats.append(s)
+                outputs.append(tokens)
 
             seconds = timed(run, device, args.repeats)
             accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
@@ -318,6 +323,9 @@ def bench_speculative_mode(target: Ours, draft: Ours, prompt: list[int], args: a
                          "round_cost": round_cost,
                          "acceptance_for_1x": acceptance_for_speedup(1.0, k, round_cost),
                          "acceptance_for_2x": acceptance_for_speedup(2.0, k, round_cost)})
+            if greedy is not None:
+                rows[-1]["tokens_as_plain_greedy"] = next(
+                    (i for i, (a, b) in enumerate(zip(outputs[-1], greedy, strict=True)) if a != b), n)
             log(f"speculative {mode} T={temperature} k={k}: {plain / seconds:.2f}x, acceptance "
                 f"{rows[-1]['acceptance_rate']:.3f}")
         out.append({"mode": mode, "plain_tokens_per_second": n / plain, "draft_tokens_per_second": n / draft_plain,
@@ -371,6 +379,10 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {row['k']} | {row['tokens_per_second']:,.0f} | {row['speedup']:.2f}x | "
                              f"{row['acceptance_rate']:.3f} | {row['tokens_per_target_forward']:.2f} | "
                              f"{row['round_us']:,.0f} ({row['round_cost']:.2f}) | {needed} |")
+            if "tokens_as_plain_greedy" in s["rows"][0]:
+                same = ", ".join(f"{row['tokens_as_plain_greedy']} (k = {row['k']})" for row in s["rows"])
+                lines += ["", f"Tokens equal to plain greedy decoding's before the first difference, of "
+                          f"{report['new_tokens']}: {same}."]
         lines.append("")
     if report["random_weights"]:
         lines.append("Acceptance rates with random weights are chance agreement between unrelated models.")
