@@ -108,6 +108,15 @@ def test_several_queries_per_row(monkeypatch, sms, b, h, n_kv, s, d, positions, 
         assert torch.equal(decode_attention(q, k, v, pos[0], window), out)
 
 
+@pytest.mark.parametrize(("b", "h", "t", "d", "pdl"), [(1, 12, 1, 64, True), (8, 12, 1, 64, True), (32, 12, 1, 64, False),
+                                                   (1, 16, 5, 128, True), (1, 16, 9, 128, False), (2, 16, 1, 128, False)])
+def test_programmatic_dependent_launch_only_for_small_launches(monkeypatch, b, h, t, d, pdl):
+    """Where the device offers it: one row and small batches of narrow heads (measured faster there), not wide
+    launches (measured slower)."""
+    monkeypatch.setattr(da.kernels, "pdl_options", lambda x: {"launch_pdl": True})
+    assert da.launch_options(torch.empty(b, h, t, d)) == ({"launch_pdl": True} if pdl else {})
+
+
 def test_one_position_shared_by_all_rows():
     """A (1,) position (every row at one position) broadcasts over the batch."""
     q, k, v, _, mask = cache_rows(3, 2, 1, 80, 64, torch.float32, [50, 50, 50])
