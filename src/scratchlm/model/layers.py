@@ -170,8 +170,7 @@ class RMSNorm(nn.Module):
         """(norm(s), s) for s = residual + x: a residual add and the norm after it, in one kernel for inference
         rows (scratchlm.kernels.rmsnorm.add_rms_norm; see `fuses_residual_adds`), else the two operations (also
         where the dtypes differ: a float32 residual stream under autocast adds bfloat16 block outputs)."""
-        if (_add_rms_norm is not None and self.triton_kernel is not None and inference_rows(x)
-                and x.dtype == residual.dtype):
+        if _adds_in_kernel(x, self) and x.dtype == residual.dtype:
             return _add_rms_norm(x, residual, self.weight, self.eps)
         summed = residual + x
         return self(summed), summed
@@ -189,11 +188,15 @@ def silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
 
 
+def _adds_in_kernel(x: Tensor, norm: RMSNorm) -> bool:
+    """Whether `norm` can take the residual add of x in its kernel (scratchlm.kernels.rmsnorm.add_rms_norm)."""
+    return _add_rms_norm is not None and norm.triton_kernel is not None and inference_rows(x)
+
+
 def fuses_residual_adds(x: Tensor, norm: RMSNorm) -> bool:
     """Whether a model forward of x (batch, seq, d_model) adds each residual in the kernel of the RMSNorm that
     follows it (`RMSNorm.add`): several inference rows (one row has it all in the GEMV) with the kernel there."""
-    return (_add_rms_norm is not None and norm.triton_kernel is not None and inference_rows(x)
-            and x.numel() != x.shape[-1])
+    return _adds_in_kernel(x, norm) and x.numel() != x.shape[-1]
 
 
 def swiglu_gate(x: Tensor) -> Tensor:
