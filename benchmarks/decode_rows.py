@@ -4,15 +4,15 @@
     PYTHONPATH=src python benchmarks/decode_rows.py --presets gpt-1.3b --rows 2,5
 
 Rows the one-row GEMV does not take (speculative verification's k + 1 positions, batched decoding) run their
-projections on cuBLAS; around them the model runs RoPE + the cache store (`scratchlm.kernels.rope_store`), the
-SwiGLU gate (`scratchlm.kernels.swiglu`), attention against the cache (`scratchlm.kernels.decode_attention`,
-several queries a row) and each residual add inside the norm after it (`scratchlm.kernels.rmsnorm`,
-`add_rms_norm`). Side by side in one process, random weights of configs/train/<preset>, every row at position
+projections on the GEMV's several-row kernel (up to 16 rows, `gemv_rows`) or cuBLAS; around them the model
+runs RoPE + the cache store (`scratchlm.kernels.rope_store`), the SwiGLU gate (`scratchlm.kernels.swiglu`),
+attention against the cache (`scratchlm.kernels.decode_attention`, several queries a row) and each residual
+add inside the norm after it (`scratchlm.kernels.rmsnorm`, `add_rms_norm`). Side by side in one process, random weights of configs/train/<preset>, every row at position
 --position of a --slots cache, GPU time in a CUDA graph (`scratchlm.profiling.graph_seconds`):
 - a model forward of the rows through the cache, ours vs "torch ops" (the same model with those four kernels
-  off: PyTorch's rotation and indexed stores, silu(gate) * up, SDPA over the masked cache, each add then its
-  norm), for verification (batch 1, R queries at consecutive positions) and batched decoding (R rows of one
-  query); beside it the one-row step (the GEMV path), so a verification pass reads as plain decode steps;
+  and the several-row GEMV off: PyTorch's rotation and indexed stores, silu(gate) * up, SDPA over the masked
+  cache, each add then its norm, cuBLAS), for verification (batch 1, R queries at consecutive positions) and
+  batched decoding (R rows of one query); beside it the one-row step (the GEMV path), so a verification pass reads as plain decode steps;
 - each operation alone at the preset's shapes (cold: each call its own copy of the inputs).
 Writes benchmarks/results/decode_rows.{json,md} atomically.
 """
@@ -52,12 +52,16 @@ def torch_ops() -> Iterator[None]:
     """The model without the several-row kernels: what it ran before them."""
     from scratchlm.kernels import flash_attention
 
-    saved = attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES
-    attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES = None, None, None, 1
+    saved = (attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES,
+             layers._gemv)
+    one_row_gemv = None if layers._gemv is None else layers._gemv._replace(applies_rows=None)
+    (attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES,
+     layers._gemv) = None, None, None, 1, one_row_gemv
     try:
         yield
     finally:
-        attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES = saved
+        (attention._rope_store, layers._swiglu, layers._add_rms_norm, flash_attention.MAX_DECODE_QUERIES,
+         layers._gemv) = saved
 
 
 def us(calls: list[Callable[[], object]]) -> float:

@@ -1,6 +1,7 @@
 """One row times a weight matrix, ours (scratchlm.kernels.gemv) vs cuBLAS (torch.matmul), on the matrices of
 batch-1 decoding: the q/k/v, output, gate/up, down and LM-head projections of gpt2-small-124m, gpt-350m and
-gpt-1.3b, bf16.
+gpt-1.3b, bf16; and 2, 5, 8, 16 rows (a speculative verification pass, small batches), our several-row kernel
+(`gemv_rows`) vs cuBLAS.
 
     PYTHONPATH=src python benchmarks/gemv.py            # ~2 min on an H100 (the sweep compiles ~100 variants)
     PYTHONPATH=src python benchmarks/gemv.py --no-sweep # default tiles only
@@ -40,6 +41,7 @@ from scratchlm.train import TrainConfig  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PRESETS = ("gpt2-small-124m", "gpt-350m", "gpt-1.3b")
 SWEEP = dict(block_n=(1, 2, 4, 8, 16, 32), tile=(2048, 4096, 8192, 16384), warps=(2, 4, 8), stages=(1, 3))
+SEVERAL_ROWS = (2, 5, 8, 16)
 
 
 def projections(config: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -80,6 +82,12 @@ def bench_matrix(n: int, k: int, l2_bytes: int, sweep: bool, replays: int) -> di
         results = {config: timed(lambda w, c=config: gv.launch(x, w, tiles=c)) * 1e6 for config in sweep_configs(k)}
         best = min(results, key=results.get)
         row["best_us"], row["best"] = results[best], list(best)
+    row["several_rows"] = {}
+    for rows in SEVERAL_ROWS:  # `timed` checks against `ref`: rebound to these rows' product
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.double() @ weights[0].double().T
+        row["several_rows"][rows] = {"cublas_us": timed(lambda w, x=x: x @ w.T) * 1e6,
+                                     "ours_us": timed(lambda w, x=x: gv.gemv_rows(x, w)) * 1e6}
     return row
 
 
@@ -99,6 +107,13 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['preset']} | {r['matrix']} | {r['n']} x {r['k']} | {r['mb']:.1f} | "
                      f"{pct(r['cublas_us'], r['mb'])} | {pct(r['ours_us'], r['mb'])} | "
                      f"{r['cublas_us'] / r['ours_us']:.2f}x | {best[0]} | {best[1]} |")
+    lines += ["", "Several rows: cuBLAS us / ours us (`gemv_rows`, tensor cores), ours vs cuBLAS.", "",
+              "| preset | matrix | MB | " + " | ".join(f"{m} rows" for m in SEVERAL_ROWS) + " |",
+              "|---|---|---|" + "---|" * len(SEVERAL_ROWS)]
+    for r in report["rows"]:
+        cells = [f"{t['cublas_us']:.1f} / {t['ours_us']:.1f} ({t['cublas_us'] / t['ours_us']:.2f}x)"
+                 for t in (r["several_rows"][m] for m in SEVERAL_ROWS)]
+        lines.append(f"| {r['preset']} | {r['matrix']} | {r['mb']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
-"""The Triton GEMV (one row x W^T) against a float64 matmul: sizes that leave partial column blocks and partial
-K chunks, leading shapes, every tile choice, the fused RMSNorm / SwiGLU gate / residual; launcher errors; on a
-GPU, Linear's dispatch and a whole decode step with and without the kernel."""
+"""The Triton GEMV (one row x W^T) and its several-row kernel (2-16 rows) against a float64 matmul: sizes that
+leave partial column blocks and partial K chunks, leading shapes, every tile choice, the fused RMSNorm / SwiGLU
+gate / residual; launcher errors; the model's decode path through them; on a GPU, Linear's dispatch and whole
+decode steps of one and several rows with and without the kernels."""
 
 from __future__ import annotations
 
@@ -52,6 +53,31 @@ def test_tile_rules(monkeypatch):
         gv.use_tile_rule("three-rows", [(64, 768)])
 
 
+@pytest.mark.parametrize(("n", "k", "lead"), [(37, 100, (2,)), (70, 40, (1, 5)), (130, 300, (4, 4)), (20, 9, (16,)), (64, 64, (1,))],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_several_rows_match_float64(n, k, lead, dtype):
+    """The several-row kernel (`gemv_rows`, tensor cores): every row against the float64 product."""
+    x, w = operands(n, k, dtype, lead)
+    y = gv.gemv_rows(x, w)
+    assert y.shape == (*lead, n) and y.dtype == dtype
+    assert_close_scaled(y.double(), x.double() @ w.double().T, "output", **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 64, 4, 3), (64, 128, 2, 2)], ids=str)
+def test_every_rows_tile_shape(tiles):
+    """Several-row tiles of 16-64 columns and K chunks of 16-128: partial blocks on both axes, 9 of 16 rows."""
+    x, w = operands(200, 300, torch.float32, (9,))
+    assert_close_scaled(gv.launch_rows(x, w, tiles=tiles).double(), x.double() @ w.double().T, "output",
+                        **TOLERANCES[torch.float32])
+
+
+def test_rows_tile_rule():
+    assert gv.rows_config(6144, 2048) == (64, 128, 4, 4)  # N >= 2K
+    assert gv.rows_config(2048, 5504) == (64, 128, 4, 6)  # narrower matrices: deeper pipelines
+    assert gv.rows_config(100, 40) == (64, 64, 4, 4)  # K in one chunk
+
+
 def rms_norm64(x: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.double()
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g.double()
@@ -100,6 +126,10 @@ def test_launcher_rejects_bad_inputs():
         gemv(x[..., :15], w)
     with pytest.raises(ValueError, match="one row"):
         gemv(x, w.half())
+    with pytest.raises(ValueError, match="1 to 16 rows"):
+        gv.gemv_rows(x.expand(17, 16), w)
+    with pytest.raises(ValueError, match="1 to 16 rows"):
+        gv.gemv_rows(x, w.half())
 
 
 @pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim", "k"), [(4, 2, 16, 48), (3, 3, 8, 100), (2, 1, 64, 64)],
@@ -150,6 +180,7 @@ def test_custom_ops_pass_opcheck():
     x, w = operands(4 * 8, 16, torch.float32)
     caches = [torch.zeros(1, 1, 4, 8, device=DEVICE) for _ in range(2)]
     torch.library.opcheck(torch.ops.scratchlm.gemv, (x, w, torch.ones(16, device=DEVICE), 1e-5, None, False))
+    torch.library.opcheck(torch.ops.scratchlm.gemv_rows, (torch.cat([x, 2 * x, -x]), w))
     torch.library.opcheck(torch.ops.scratchlm.gemv_qkv, (x, w, None, 1e-5, rope.cos, rope.sin,
                                                          torch.tensor([2], device=DEVICE), *caches, 2))
 
@@ -168,6 +199,8 @@ def test_gemv_qkv_arguments_are_checked():
         gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position, cache, cache[..., :4].clone(), 2)
     with pytest.raises(ValueError, match="cos and sin"):
         gv.gemv_qkv(x, w, None, 1e-5, rope.cos[:, :3], rope.sin, position, cache, cache.clone(), 2)
+    with pytest.raises(ValueError, match="one row"):
+        gv.gemv_qkv(torch.cat([x, x]), w, None, 1e-5, rope.cos, rope.sin, position, cache, cache.clone(), 2)
     with pytest.raises(ValueError, match="position"):
         gv.gemv_qkv(x, w, None, 1e-5, rope.cos, rope.sin, position.int(), cache, cache.clone(), 2)
 
@@ -183,6 +216,53 @@ def test_applies_only_to_one_half_row_on_cuda_without_grad():
                 assert not gv.applies(x, w)
         with gv.enabled(True):
             assert not gv.applies(x, w)  # autograd on: training keeps the matmul
+
+
+def test_several_rows_apply_from_two_to_sixteen():
+    x, w = operands(8, 16, torch.bfloat16, (16,))
+    assert not gv.applies_rows(x.cpu(), w.cpu())
+    if ON_GPU:
+        with torch.no_grad():
+            assert gv.applies_rows(x[:2], w) and gv.applies_rows(x.view(4, 4, 16), w)
+            assert not gv.applies_rows(x[:1], w) and not gv.applies_rows(torch.cat([x, x[:1]]), w)
+            with gv.enabled(False):
+                assert not gv.applies_rows(x, w)
+        assert not gv.applies_rows(x, w)  # autograd on
+
+
+def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
+    """The model's path for 2-16 rows (a verification pass, a small batch) with the several-row kernel taking
+    every product (forced on for float32 rows, so it runs here too): the unfused model's logits and cache, and
+    the kernel called for each projection of each layer and for the head."""
+    from scratchlm.inference.kv_cache import KVCache
+    from scratchlm.model import ModelConfig, TransformerLM, layers
+
+    calls = []
+
+    def counted_rows(x, w):
+        calls.append(gv.n_rows(x))
+        return gv.gemv_rows(x, w)
+
+    forced = layers._GemvKernels(lambda x, w: False, gv.gemv, gv.gemv_qkv,
+                                 lambda x, w: 1 < gv.n_rows(x) <= gv.MAX_ROWS and not torch.is_grad_enabled(),
+                                 counted_rows)
+    config = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16)
+    model = TransformerLM(config, device=DEVICE).eval()
+    prompt = torch.randint(0, 50, (2, 8), device=DEVICE)
+    results = []
+    for kernels in (None, forced):
+        monkeypatch.setattr(layers, "_gemv", kernels)
+        cache = KVCache(config, 2, device=DEVICE)
+        with torch.no_grad():
+            model(prompt[:, :5], torch.arange(5, device=DEVICE), kv_cache=cache)
+            logits = model(prompt[:, 5:], torch.arange(5, 8, device=DEVICE), kv_cache=cache)  # 2 x 3 rows
+        results.append((logits, cache))
+    (plain, plain_cache), (fused, fused_cache) = results
+    per_pass = 4 * config.n_layers + 1  # q/k/v, o, gate/up, down a layer; the head
+    assert calls == [10] * per_pass + [6] * per_pass, calls  # the 2 x 5-token prefill, then the 2 x 3 rows
+    assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
+    for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
+        assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])
 
 
 def test_attention_decodes_through_the_qkv_kernel(monkeypatch):
@@ -240,10 +320,13 @@ def test_linear_dispatches_decode_rows_to_the_kernel():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
-def test_decode_step_with_fused_kernels_matches_the_matmuls(tie):
-    """A whole bf16 decode step (one token, a KV cache holding a prompt) with the kernel (on by default): every
-    projection with its norm / gate / residual fused. Against the float64 model, its logits are as close as the
-    unfused bf16 step's (within bf16 tolerance, and at most 1.5x the unfused step's largest error)."""
+@pytest.mark.parametrize(("batch", "queries"), [(1, 1), (1, 5), (4, 1), (2, 8)], ids=str)
+def test_decode_step_with_fused_kernels_matches_the_matmuls(tie, batch, queries):
+    """A whole bf16 decode step (one token, or a few per row as in a verification pass, for a batch of rows
+    with a KV cache holding a prompt) with the kernels (on by default): every projection with its norm / gate /
+    residual fused, by the GEMV for one row and the several-row kernel for 2-16. Against the float64 model, its
+    logits are as close as the unfused bf16 step's (within bf16 tolerance, and at most 1.5x the unfused step's
+    largest error)."""
     import copy
 
     from scratchlm.inference.kv_cache import KVCache
@@ -252,14 +335,14 @@ def test_decode_step_with_fused_kernels_matches_the_matmuls(tie):
     config = ModelConfig(vocab_size=1000, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, context_length=64,
                          tie_embeddings=tie)
     model = TransformerLM(config, device="cuda").to(torch.bfloat16).eval()
-    prompt = torch.randint(0, 1000, (1, 9), device="cuda")
+    tokens = torch.randint(0, 1000, (batch, 8 + queries), device="cuda")
     logits = {}
     for name, net, on in [("float64", copy.deepcopy(model).double(), False), ("unfused", model, False),
                           ("fused", model, True)]:
-        cache = KVCache(config, 1, device="cuda", dtype=next(net.parameters()).dtype)
+        cache = KVCache(config, batch, device="cuda", dtype=next(net.parameters()).dtype)
         with torch.no_grad(), gv.enabled(on):
-            net(prompt[:, :-1], torch.arange(8, device="cuda"), kv_cache=cache)
-            logits[name] = net(prompt[:, -1:], torch.tensor([8], device="cuda"), kv_cache=cache).double()
+            net(tokens[:, :8], torch.arange(8, device="cuda"), kv_cache=cache)
+            logits[name] = net(tokens[:, 8:], torch.arange(8, 8 + queries, device="cuda"), kv_cache=cache).double()
     for name in ("unfused", "fused"):
         assert_close_scaled(logits[name], logits["float64"], f"{name} decode logits", **TOLERANCES[torch.bfloat16])
     errors = {name: (logits[name] - logits["float64"]).abs().max().item() for name in ("unfused", "fused")}

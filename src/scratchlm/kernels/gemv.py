@@ -19,7 +19,12 @@ attention's q/k/v projection with RoPE and the KV-cache store as its epilogue (p
 which saves the decode step's RoPE and cache-write kernels (H100, batch-1 graph-mode decoding, gpt2-small
 1,271 -> 3,122 tokens/s, gpt-1.3b 415 -> 667).
 
-On Hopper the kernel is launched with programmatic dependent launch (`kernels.pdl_options`): each program
+A few rows (2-16: a speculative verification pass, a small decode batch) take `gemv_rows`: W streamed by
+column blocks as above, the rows' products on tensor cores (`_rows_kernel`; on CUDA cores the products, not
+the bytes, bound a several-row GEMV from ~4 rows), 1.0-1.36x cuBLAS on the decode matrices (H100,
+benchmarks/gemv.py).
+
+On Hopper the kernels are launched with programmatic dependent launch (`kernels.pdl_options`): each program
 reads its first chunk of weights, which nothing before it writes, then waits for the previous kernel
 (`gdc_wait`) and lets the next one start (`gdc_launch_dependents`); in a chain of GEMVs each one's weight
 reads overlap the previous one's tail (H100, batch-1 decode, gpt2-small: 2,708 -> 2,997 tokens/s).
@@ -43,6 +48,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 MAX_BLOCK_K = 2048  # see `config`
 DTYPES = (torch.float16, torch.bfloat16)  # where a row is worth a kernel of its own (float32: tests only)
+MAX_ROWS = 16  # rows of x the several-row kernel takes: its tensor-core tile pads them to 16 (`_rows_kernel`)
 
 _enabled = True  # see the module docstring
 
@@ -61,8 +67,22 @@ def enabled(on: bool) -> Iterator[None]:
 
 def applies(x: Tensor, weight: Tensor) -> bool:
     """`linear`'s test: one row, a half-precision CUDA tensor, no autograd, the kernel on."""
+    return _half_cuda_inference(x, weight) and x.numel() == x.shape[-1]
+
+
+def applies_rows(x: Tensor, weight: Tensor) -> bool:
+    """`linear`'s test for the several-row kernel: 2 to MAX_ROWS rows, otherwise as `applies`."""
+    return _half_cuda_inference(x, weight) and 1 < n_rows(x) <= MAX_ROWS
+
+
+def n_rows(x: Tensor) -> int:
+    """Rows of x (..., K)."""
+    return x.numel() // max(x.shape[-1], 1)
+
+
+def _half_cuda_inference(x: Tensor, weight: Tensor) -> bool:
     return (_enabled and x.is_cuda and x.dtype in DTYPES and weight.dtype == x.dtype
-            and x.numel() == x.shape[-1] and not torch.is_grad_enabled())
+            and not torch.is_grad_enabled())
 
 
 @triton.jit
@@ -171,6 +191,35 @@ def _store_rotated(y, head, j, position, cos, sin, Y, KC, VC, stride_kch, stride
                  y.to(VC.dtype.element_ty))
 
 
+@triton.jit
+def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, PDL: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Y (M, N) = X W^T for M <= BLOCK_M rows: a program owns BLOCK_N output columns and multiplies its
+    (BLOCK_N, BLOCK_K) chunks of W by the rows' (BLOCK_K, BLOCK_M) chunk on tensor cores (W on the left, so the
+    few rows pad a dimension of 16, not of 64). As in `_gemv_kernel`, the first chunk of W is read before
+    waiting for the kernel before. Norms, gates and residuals stay outside: transforming the rows' chunk between
+    its load and the product took it off the asynchronous pipeline and made the kernel up to 2x slower."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    w_rows = W + offs_n.to(tl.int64)[:, None] * stride_wn
+    x_rows = X + offs_m[None, :] * stride_xm
+    offs_k = tl.arange(0, BLOCK_K)
+    w_first = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & (offs_k < K)[None, :], other=0.0)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    x_first = tl.load(x_rows + offs_k[:, None], mask=(offs_k < K)[:, None] & (offs_m < M)[None, :], other=0.0)
+    acc = tl.dot(w_first, x_first, tl.zeros((BLOCK_N, BLOCK_M), tl.float32), input_precision="ieee")
+    for start in range(BLOCK_K, K, BLOCK_K):
+        offs_k = start + tl.arange(0, BLOCK_K)
+        w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & (offs_k < K)[None, :], other=0.0)
+        x = tl.load(x_rows + offs_k[:, None], mask=(offs_k < K)[:, None] & (offs_m < M)[None, :], other=0.0)
+        acc = tl.dot(w, x, acc, input_precision="ieee")  # (BLOCK_N, BLOCK_M)
+    tl.store(Y + offs_m[None, :] * stride_ym + offs_n[:, None], acc.to(Y.dtype.element_ty),
+             mask=n_ok[:, None] & (offs_m < M)[None, :])
+
+
 Tiles = tuple[int, int, int, int]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
 
 
@@ -222,6 +271,14 @@ def config(n: int, k: int) -> Tiles:
     return TILE_RULES[_shape_rules.get((n, k), DEFAULT_TILE_RULE)](k)
 
 
+def rows_config(n: int, k: int) -> Tiles:
+    """The several-row kernel's tiles: 64 output columns a program, chunks of 128 columns, 4 warps; 4 pipeline
+    stages where N >= 2K (q/k/v, gate/up, the LM head), else 6. Within 8% of the fastest for 5 rows on each decode
+    matrix of gpt-1.3b in an H100 sweep (BLOCK_N 16-64, BLOCK_K 128-512, 4-8 warps, 3-6 stages, split K 1-8)."""
+    block_k = max(16, min(128, triton.next_power_of_2(k)))
+    return (64, block_k, 4, 4 if n >= 2 * k else 6)
+
+
 @dataclass(frozen=True)
 class RopeStore:
     """What the ROPE epilogue needs (`gemv_qkv`): RoPE's cos and sin tables (max_len, D/2), the row's position
@@ -262,6 +319,18 @@ def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: fl
     return y
 
 
+def launch_rows(x: Tensor, weight: Tensor, tiles: Tiles | None = None) -> Tensor:
+    """The several-row kernel on checked, contiguous inputs; tiles as `launch`, default `rows_config(N, K)`."""
+    n, k = weight.shape
+    block_n, block_k, num_warps, num_stages = tiles or rows_config(n, k)
+    pdl = kernels.pdl_options(x)
+    y = kernels.output_buffer((*x.shape[:-1], n), x.dtype, x.device)
+    _rows_kernel[(triton.cdiv(n, block_n),)](x, weight, y, n_rows(x), n, k, k, weight.stride(0), n, PDL=bool(pdl),
+                                             BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+                                             num_warps=num_warps, num_stages=num_stages, **pdl)
+    return y
+
+
 @torch.library.custom_op("scratchlm::gemv", mutates_args=())
 def _gemv_op(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, residual: Tensor | None,
              gated: bool) -> Tensor:
@@ -271,6 +340,16 @@ def _gemv_op(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, 
 @_gemv_op.register_fake
 def _(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, residual: Tensor | None,
       gated: bool) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("scratchlm::gemv_rows", mutates_args=())
+def _gemv_rows_op(x: Tensor, weight: Tensor) -> Tensor:
+    return launch_rows(x, weight)
+
+
+@_gemv_rows_op.register_fake
+def _(x: Tensor, weight: Tensor) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -287,13 +366,14 @@ def _(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Te
 
 
 def _check_operands(x: Tensor, weight: Tensor, norm_weight: Tensor | None, residual: Tensor | None,
-                    gated: bool) -> None:
+                    gated: bool, max_rows: int = 1) -> None:
     kernels.check_device(INTERPRETED, *(t for t in (x, weight, norm_weight, residual) if t is not None))
     kernels.check_dtype("gemv inputs", x.dtype)
     n, k = weight.shape if weight.dim() == 2 else (-1, -1)
-    if weight.dtype != x.dtype or k < 0 or x.shape[-1] != k * (2 if gated else 1) or x.numel() != x.shape[-1]:
-        raise ValueError(f"gemv needs one row x (..., {'2K' if gated else 'K'}) and weight (N, K) of its dtype, "
-                         f"got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+    if (weight.dtype != x.dtype or k < 0 or x.shape[-1] != k * (2 if gated else 1) or not 0 < n_rows(x) <= max_rows):
+        raise ValueError(f"gemv needs {'one row' if max_rows == 1 else f'1 to {max_rows} rows'} x "
+                         f"(..., {'2K' if gated else 'K'}) and weight (N, K) of its dtype, got x {tuple(x.shape)} "
+                         f"{x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
     if norm_weight is not None and (gated or norm_weight.shape != (k,)):
         raise ValueError(f"norm_weight must be ({k},) and not combined with gated, got {tuple(norm_weight.shape)}")
     if residual is not None and (residual.shape != (*x.shape[:-1], n) or residual.dtype != x.dtype):
@@ -315,6 +395,14 @@ def gemv(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: floa
     _check_operands(x, weight, norm_weight, residual, gated)
     return _gemv_op(x.contiguous(), _contiguous_rows(weight), None if norm_weight is None else norm_weight.contiguous(),
                     eps, None if residual is None else residual.contiguous(), gated)
+
+
+def gemv_rows(x: Tensor, weight: Tensor) -> Tensor:
+    """x (..., K) holding 1 to MAX_ROWS rows, weight (N, K) -> x @ weight.T (..., N), in x's dtype, on tensor
+    cores (`_rows_kernel`); forward only. What `scratchlm.model.layers.linear` runs for a speculative
+    verification pass or a small decode batch (its norms, gates and residual adds are separate kernels)."""
+    _check_operands(x, weight, None, None, False, max_rows=MAX_ROWS)
+    return _gemv_rows_op(x.contiguous(), _contiguous_rows(weight))
 
 
 def gemv_qkv(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,

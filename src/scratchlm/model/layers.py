@@ -26,9 +26,11 @@ def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
 class _GemvKernels(NamedTuple):
     """scratchlm.kernels.gemv's entry points (kept as functions, not the module, so that models still deep-copy)."""
 
-    applies: Callable[[Tensor, Tensor], bool]
+    applies: Callable[[Tensor, Tensor], bool]  # one row: gemv, gemv_qkv
     gemv: Callable[..., Tensor]
     gemv_qkv: Callable[..., Tensor]
+    applies_rows: Callable[[Tensor, Tensor], bool] | None = None  # 2 to 16 rows: gemv_rows
+    gemv_rows: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 _gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
@@ -42,7 +44,7 @@ def _load_kernels() -> None:
     Called as Linear layers are built (an import inside a torch.compile'd forward would break the graph)."""
     global _gemv, _swiglu, _add_rms_norm
     if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
-        _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv)
+        _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv, module.applies_rows, module.gemv_rows)
     if _swiglu is None and (module := kernels.gpu_module("swiglu")) is not None:
         _swiglu = module.swiglu
     if _add_rms_norm is None and (module := kernels.gpu_module("rmsnorm")) is not None:
@@ -62,11 +64,19 @@ def one_row_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
     return _gemv if _gemv is not None and _gemv.applies(x, weight) else None
 
 
+def few_rows_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
+    """The GEMV kernels when their several-row product takes x W^T (2 to 16 half-precision CUDA rows under
+    no_grad, the kernel on: a speculative verification pass, a small decode batch), else None."""
+    found = _gemv is not None and _gemv.applies_rows is not None and _gemv.applies_rows(x, weight)
+    return _gemv if found else None
+
+
 def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool = False,
            residual: Tensor | None = None) -> Tensor:
     """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing.
     One row under the Triton GEMV (batch-1 decoding, see scratchlm.kernels.gemv.enabled) runs all of it as one
-    kernel; otherwise these are the separate operations."""
+    kernel; otherwise these are the separate operations, the product by the GEMV's several-row kernel for 2 to
+    16 rows (`few_rows_kernels`)."""
     if (fused := one_row_kernels(x, weight)) is not None:
         return fused.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
                           residual, gated)
@@ -74,7 +84,7 @@ def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool =
         x = norm(x)
     if gated:
         x = swiglu_gate(x)
-    y = x @ weight.T
+    y = few.gemv_rows(x, weight) if (few := few_rows_kernels(x, weight)) is not None else x @ weight.T
     return y if residual is None else residual + y
 
 
