@@ -64,11 +64,27 @@ def test_several_rows_match_float64(n, k, lead, dtype):
     assert_close_scaled(y.double(), x.double() @ w.double().T, "output", **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize(("n", "k", "rows"), [(74, 100, 3), (260, 300, 16), (2, 9, 2)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_several_rows_gate_matches_float64(n, k, rows, dtype):
+    """gate: the product is SwiGLU's [gate, up] and the output silu(gate) * up (N / 2 wide)."""
+    x, w = operands(n, k, dtype, (rows,))
+    y = gv.gemv_rows(x, w, gate=True)
+    gate, up = (x.double() @ w.double().T).chunk(2, dim=-1)
+    assert y.shape == (rows, n // 2) and y.dtype == dtype
+    assert_close_scaled(y.double(), gate * torch.sigmoid(gate) * up, "output", **TOLERANCES[dtype])
+
+
 @pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 64, 4, 3), (64, 128, 2, 2)], ids=str)
-def test_every_rows_tile_shape(tiles):
+@pytest.mark.parametrize("gate", [False, True], ids=["plain", "gate"])
+def test_every_rows_tile_shape(tiles, gate):
     """Several-row tiles of 16-64 columns and K chunks of 16-128: partial blocks on both axes, 9 of 16 rows."""
     x, w = operands(200, 300, torch.float32, (9,))
-    assert_close_scaled(gv.launch_rows(x, w, tiles=tiles).double(), x.double() @ w.double().T, "output",
+    expected = x.double() @ w.double().T
+    if gate:
+        g, u = expected.chunk(2, dim=-1)
+        expected = g * torch.sigmoid(g) * u
+    assert_close_scaled(gv.launch_rows(x, w, gate, tiles=tiles).double(), expected, "output",
                         **TOLERANCES[torch.float32])
 
 
@@ -130,6 +146,8 @@ def test_launcher_rejects_bad_inputs():
         gv.gemv_rows(x.expand(17, 16), w)
     with pytest.raises(ValueError, match="1 to 16 rows"):
         gv.gemv_rows(x, w.half())
+    with pytest.raises(ValueError, match="even number"):
+        gv.gemv_rows(x, w[:7], gate=True)
 
 
 @pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim", "k"), [(4, 2, 16, 48), (3, 3, 8, 100), (2, 1, 64, 64)],
@@ -180,7 +198,8 @@ def test_custom_ops_pass_opcheck():
     x, w = operands(4 * 8, 16, torch.float32)
     caches = [torch.zeros(1, 1, 4, 8, device=DEVICE) for _ in range(2)]
     torch.library.opcheck(torch.ops.scratchlm.gemv, (x, w, torch.ones(16, device=DEVICE), 1e-5, None, False))
-    torch.library.opcheck(torch.ops.scratchlm.gemv_rows, (torch.cat([x, 2 * x, -x]), w))
+    for gate in (False, True):
+        torch.library.opcheck(torch.ops.scratchlm.gemv_rows, (torch.cat([x, 2 * x, -x]), w, gate))
     torch.library.opcheck(torch.ops.scratchlm.gemv_qkv, (x, w, None, 1e-5, rope.cos, rope.sin,
                                                          torch.tensor([2], device=DEVICE), *caches, 2))
 
@@ -232,16 +251,16 @@ def test_several_rows_apply_from_two_to_sixteen():
 
 def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
     """The model's path for 2-16 rows (a verification pass, a small batch) with the several-row kernel taking
-    every product (forced on for float32 rows, so it runs here too): the unfused model's logits and cache, and
-    the kernel called for each projection of each layer and for the head."""
+    every product and SwiGLU's gate (forced on for float32 rows, so it runs here too): the unfused model's
+    logits and cache, and the kernel called for each projection of each layer and for the head."""
     from scratchlm.inference.kv_cache import KVCache
     from scratchlm.model import ModelConfig, TransformerLM, layers
 
     calls = []
 
-    def counted_rows(x, w):
-        calls.append(gv.n_rows(x))
-        return gv.gemv_rows(x, w)
+    def counted_rows(x, w, gate):
+        calls.append((gv.n_rows(x), gate))
+        return gv.gemv_rows(x, w, gate)
 
     forced = layers._GemvKernels(lambda x, w: False, gv.gemv, gv.gemv_qkv,
                                  lambda x, w: 1 < gv.n_rows(x) <= gv.MAX_ROWS and not torch.is_grad_enabled(),
@@ -258,8 +277,10 @@ def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
             logits = model(prompt[:, 5:], torch.arange(5, 8, device=DEVICE), kv_cache=cache)  # 2 x 3 rows
         results.append((logits, cache))
     (plain, plain_cache), (fused, fused_cache) = results
-    per_pass = 4 * config.n_layers + 1  # q/k/v, o, gate/up, down a layer; the head
-    assert calls == [10] * per_pass + [6] * per_pass, calls  # the 2 x 5-token prefill, then the 2 x 3 rows
+    layer = [False, False, True, False]  # q/k/v, o, gate/up (with SwiGLU's gate), down
+    per_pass = layer * config.n_layers + [False]  # and the head
+    # the 2 x 5-token prefill, then the 2 x 3 rows
+    assert calls == [(10, gate) for gate in per_pass] + [(6, gate) for gate in per_pass], calls
     assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
     for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
         assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])

@@ -44,6 +44,28 @@ def test_linear_float32_against_float64():
     torch.testing.assert_close(lin(x).double(), x.double() @ lin.weight.double().T, **FLOAT32)
 
 
+def test_linear_options_match_the_separate_operations():
+    """norm before, gated input, residual after, and gate_output (SwiGLU's gate on the product), float64, forward
+    and backward; gate_output with a residual is refused."""
+    from scratchlm.model.layers import linear
+
+    lin, norm = Linear(6, 10, dtype=torch.float64), RMSNorm(6, dtype=torch.float64)
+    x, x2, r = leaf((3, 6)), leaf((3, 12)), leaf((3, 10))
+
+    def swiglu64(t):
+        gate, up = t.chunk(2, dim=-1)
+        return gate * torch.sigmoid(gate) * up
+
+    assert_fwd_bwd(lambda: linear(x, lin.weight, norm=norm, residual=r),
+                   lambda: r + ref.rms_norm(x, norm.weight, norm.eps) @ lin.weight.T, [x, r, lin.weight], **EXACT64)
+    assert_fwd_bwd(lambda: linear(x2, lin.weight, gated=True), lambda: swiglu64(x2) @ lin.weight.T,
+                   [x2, lin.weight], **EXACT64)
+    assert_fwd_bwd(lambda: linear(x, lin.weight, gate_output=True), lambda: swiglu64(x @ lin.weight.T),
+                   [x, lin.weight], **EXACT64)
+    with pytest.raises(ValueError, match="no residual"):
+        linear(x, lin.weight, residual=r, gate_output=True)
+
+
 def _trunc_std_cases():
     return [
         pytest.param(lambda: Linear(1024, 2048).weight, math.sqrt(2 / 3072), id="linear-default"),

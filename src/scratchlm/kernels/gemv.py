@@ -192,16 +192,24 @@ def _store_rotated(y, head, j, position, cos, sin, Y, KC, VC, stride_kch, stride
 
 
 @triton.jit
-def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, PDL: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Y (M, N) = X W^T for M <= BLOCK_M rows: a program owns BLOCK_N output columns and multiplies its
-    (BLOCK_N, BLOCK_K) chunks of W by the rows' (BLOCK_K, BLOCK_M) chunk on tensor cores (W on the left, so the
-    few rows pad a dimension of 16, not of 64). As in `_gemv_kernel`, the first chunk of W is read before
-    waiting for the kernel before. Norms, gates and residuals stay outside: transforming the rows' chunk between
-    its load and the product took it off the asynchronous pipeline and made the kernel up to 2x slower."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, GATE: tl.constexpr, PDL: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Y (M, N) = X W^T for M <= BLOCK_M rows: a program owns BLOCK_N rows of W (output columns) and multiplies
+    its (BLOCK_N, BLOCK_K) chunks of W by the rows' (BLOCK_K, BLOCK_M) chunk on tensor cores (W on the left, so
+    the few rows pad a dimension of 16, not of 64). As in `_gemv_kernel`, the first chunk of W is read before
+    waiting for the kernel before. GATE: W is SwiGLU's [gate; up] (N = 2F) and Y (M, F) gets silu(gate) * up,
+    each program owning BLOCK_N / 2 hidden units j, rows j and F + j of W interleaved. Norms, gates of the input
+    and residuals stay outside: transforming the rows' chunk between its load and the product took it off the
+    asynchronous pipeline and made the kernel up to 2x slower; the output side is free."""
+    if GATE:
+        f = N // 2
+        j = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2  # each hidden unit twice
+        offs_n = j + (tl.arange(0, BLOCK_N) % 2) * f
+        n_ok = j < f
+    else:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
     offs_m = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
     w_rows = W + offs_n.to(tl.int64)[:, None] * stride_wn
     x_rows = X + offs_m[None, :] * stride_xm
     offs_k = tl.arange(0, BLOCK_K)
@@ -216,9 +224,14 @@ def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, PDL: tl.cons
         w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & (offs_k < K)[None, :], other=0.0)
         x = tl.load(x_rows + offs_k[:, None], mask=(offs_k < K)[:, None] & (offs_m < M)[None, :], other=0.0)
         acc = tl.dot(w, x, acc, input_precision="ieee")  # (BLOCK_N, BLOCK_M)
-    tl.store(Y + offs_m[None, :] * stride_ym + offs_n[:, None], acc.to(Y.dtype.element_ty),
-             mask=n_ok[:, None] & (offs_m < M)[None, :])
-
+    y = acc.to(Y.dtype.element_ty)
+    if GATE:  # the product rounded as the unfused model's tensor, then silu(gate) * up in float32 (kernels.swiglu)
+        offs_j = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        gate, up = tl.split(tl.reshape(tl.trans(y.to(tl.float32)), (BLOCK_M, BLOCK_N // 2, 2)))
+        tl.store(Y + offs_m[:, None] * stride_ym + offs_j[None, :], (gate * tl.sigmoid(gate) * up).to(y.dtype),
+                 mask=(offs_m < M)[:, None] & (offs_j < f)[None, :])
+    else:
+        tl.store(Y + offs_m[None, :] * stride_ym + offs_n[:, None], y, mask=n_ok[:, None] & (offs_m < M)[None, :])
 
 Tiles = tuple[int, int, int, int]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
 
@@ -319,15 +332,16 @@ def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: fl
     return y
 
 
-def launch_rows(x: Tensor, weight: Tensor, tiles: Tiles | None = None) -> Tensor:
+def launch_rows(x: Tensor, weight: Tensor, gate: bool = False, tiles: Tiles | None = None) -> Tensor:
     """The several-row kernel on checked, contiguous inputs; tiles as `launch`, default `rows_config(N, K)`."""
     n, k = weight.shape
     block_n, block_k, num_warps, num_stages = tiles or rows_config(n, k)
     pdl = kernels.pdl_options(x)
-    y = kernels.output_buffer((*x.shape[:-1], n), x.dtype, x.device)
-    _rows_kernel[(triton.cdiv(n, block_n),)](x, weight, y, n_rows(x), n, k, k, weight.stride(0), n, PDL=bool(pdl),
-                                             BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-                                             num_warps=num_warps, num_stages=num_stages, **pdl)
+    width = n // 2 if gate else n  # output columns
+    y = kernels.output_buffer((*x.shape[:-1], width), x.dtype, x.device)
+    _rows_kernel[(triton.cdiv(width, block_n // 2 if gate else block_n),)](
+        x, weight, y, n_rows(x), n, k, k, weight.stride(0), width, GATE=gate, PDL=bool(pdl), BLOCK_M=MAX_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages, **pdl)
     return y
 
 
@@ -344,13 +358,13 @@ def _(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, residua
 
 
 @torch.library.custom_op("scratchlm::gemv_rows", mutates_args=())
-def _gemv_rows_op(x: Tensor, weight: Tensor) -> Tensor:
-    return launch_rows(x, weight)
+def _gemv_rows_op(x: Tensor, weight: Tensor, gate: bool) -> Tensor:
+    return launch_rows(x, weight, gate)
 
 
 @_gemv_rows_op.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+def _(x: Tensor, weight: Tensor, gate: bool) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if gate else weight.shape[0]))
 
 
 @torch.library.custom_op("scratchlm::gemv_qkv", mutates_args=("k_cache", "v_cache"))
@@ -397,12 +411,15 @@ def gemv(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: floa
                     eps, None if residual is None else residual.contiguous(), gated)
 
 
-def gemv_rows(x: Tensor, weight: Tensor) -> Tensor:
+def gemv_rows(x: Tensor, weight: Tensor, gate: bool = False) -> Tensor:
     """x (..., K) holding 1 to MAX_ROWS rows, weight (N, K) -> x @ weight.T (..., N), in x's dtype, on tensor
-    cores (`_rows_kernel`); forward only. What `scratchlm.model.layers.linear` runs for a speculative
-    verification pass or a small decode batch (its norms, gates and residual adds are separate kernels)."""
+    cores (`_rows_kernel`); forward only. gate: the product is SwiGLU's [gate, up] (N even) and the result
+    silu(gate) * up (..., N / 2). What `scratchlm.model.layers.linear` runs for a speculative verification pass
+    or a small decode batch (norms and residual adds there are kernels of their own)."""
     _check_operands(x, weight, None, None, False, max_rows=MAX_ROWS)
-    return _gemv_rows_op(x.contiguous(), _contiguous_rows(weight))
+    if gate and weight.shape[0] % 2:
+        raise ValueError(f"gate needs an even number of weight rows ([gate; up]), got {weight.shape[0]}")
+    return _gemv_rows_op(x.contiguous(), _contiguous_rows(weight), gate)
 
 
 def gemv_qkv(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,

@@ -72,19 +72,27 @@ def few_rows_kernels(x: Tensor, weight: Tensor) -> _GemvKernels | None:
 
 
 def linear(x: Tensor, weight: Tensor, norm: RMSNorm | None = None, gated: bool = False,
-           residual: Tensor | None = None) -> Tensor:
-    """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing.
-    One row under the Triton GEMV (batch-1 decoding, see scratchlm.kernels.gemv.enabled) runs all of it as one
-    kernel; otherwise these are the separate operations, the product by the GEMV's several-row kernel for 2 to
-    16 rows (`few_rows_kernels`)."""
+           residual: Tensor | None = None, gate_output: bool = False) -> Tensor:
+    """residual + f(x) W^T, where f is `norm`, or silu(gate) * up of x = [gate, up] when `gated`, or nothing;
+    gate_output: silu(gate) * up of the product [gate, up] instead (SwiGLU's gate after its first matrix rather
+    than before the second; no residual then). One row under the Triton GEMV (batch-1 decoding, see
+    scratchlm.kernels.gemv.enabled) runs norm, gated and residual in its kernel; 2 to 16 rows take its several-row
+    kernel for the product and gate_output (`few_rows_kernels`); otherwise these are separate operations."""
+    if gate_output and residual is not None:
+        raise ValueError("gate_output takes no residual")
     if (fused := one_row_kernels(x, weight)) is not None:
-        return fused.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
-                          residual, gated)
+        y = fused.gemv(x, weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                       residual, gated)
+        return swiglu_gate(y) if gate_output else y
     if norm is not None:
         x = norm(x)
     if gated:
         x = swiglu_gate(x)
-    y = few.gemv_rows(x, weight) if (few := few_rows_kernels(x, weight)) is not None else x @ weight.T
+    if (few := few_rows_kernels(x, weight)) is not None:
+        y = few.gemv_rows(x, weight, gate_output)
+    else:
+        y = x @ weight.T
+        y = swiglu_gate(y) if gate_output else y
     return y if residual is None else residual + y
 
 
@@ -113,9 +121,10 @@ class Linear(nn.Module):
             # survives materialising from the meta device (to_empty makes new Parameters, then init_weights).
             self.weight.row_splits = self.row_splits
 
-    def forward(self, x: Tensor, norm: RMSNorm | None = None, gated: bool = False,
-                residual: Tensor | None = None) -> Tensor:  # (..., d_in, or 2 d_in if gated) -> (..., d_out)
-        return linear(x, self.weight, norm, gated, residual)
+    def forward(self, x: Tensor, norm: RMSNorm | None = None, gated: bool = False, residual: Tensor | None = None,
+                gate_output: bool = False) -> Tensor:
+        # (..., d_in, or 2 d_in if gated) -> (..., d_out, or d_out / 2 if gate_output)
+        return linear(x, self.weight, norm, gated, residual, gate_output)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}"
@@ -232,8 +241,12 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor, norm: RMSNorm | None = None, residual: Tensor | None = None) -> Tensor:
         """(..., d_model) -> same: residual + down(silu(gate) * up) of norm(x) (norm and residual optional: given
-        here, one-row decoding fuses them into the projections)."""
-        return self.down_proj(self.gate_up_proj(x, norm=norm), gated=True, residual=residual)
+        here, one-row decoding fuses them into the projections). The gate goes with the matrix whose kernel
+        takes it: the down projection's input in the one-row GEMV, else the gate/up product's output (the
+        several-row kernel's epilogue for 2-16 rows; the same operations in the same order elsewhere)."""
+        if one_row_kernels(x, self.down_proj.weight) is not None:
+            return self.down_proj(self.gate_up_proj(x, norm=norm), gated=True, residual=residual)
+        return self.down_proj(self.gate_up_proj(x, norm=norm, gate_output=True), residual=residual)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
