@@ -4,15 +4,18 @@
     PYTHONPATH=src python benchmarks/decode_rows.py --presets gpt-1.3b --rows 2,5
 
 Rows the one-row GEMV does not take (speculative verification's k + 1 positions, batched decoding) run their
-projections on the GEMV's several-row kernel (up to 16 rows, `gemv_rows`) or cuBLAS; around them the model
-runs RoPE + the cache store (`scratchlm.kernels.rope_store`), the SwiGLU gate (`scratchlm.kernels.swiglu`),
-attention against the cache (`scratchlm.kernels.decode_attention`, several queries a row) and each residual
-add inside the norm after it (`scratchlm.kernels.rmsnorm`, `add_rms_norm`). Side by side in one process, random weights of configs/train/<preset>, every row at position
---position of a --slots cache, GPU time in a CUDA graph (`scratchlm.profiling.graph_seconds`):
+projections on the GEMV's several-row kernel (up to 16 rows, `gemv_rows`, with SwiGLU's gate and RoPE + the
+cache store as epilogues) or cuBLAS; past 16 rows the model runs RoPE + the cache store
+(`scratchlm.kernels.rope_store`) and the SwiGLU gate (`scratchlm.kernels.swiglu`) as kernels of their own; for
+any number of rows, attention against the cache (`scratchlm.kernels.decode_attention`, several queries a row)
+and each residual add inside the norm after it (`scratchlm.kernels.rmsnorm`, `add_rms_norm`). Side by side in
+one process, random weights of configs/train/<preset>, every row at position --position of a --slots cache,
+GPU time in a CUDA graph (`scratchlm.profiling.graph_seconds`):
 - a model forward of the rows through the cache, ours vs "torch ops" (the same model with those four kernels
   and the several-row GEMV off: PyTorch's rotation and indexed stores, silu(gate) * up, SDPA over the masked
   cache, each add then its norm, cuBLAS), for verification (batch 1, R queries at consecutive positions) and
-  batched decoding (R rows of one query); beside it the one-row step (the GEMV path), so a verification pass reads as plain decode steps;
+  batched decoding (R rows of one query); beside it the one-row step (the GEMV path), so a verification pass
+  reads as plain decode steps;
 - each operation alone at the preset's shapes (cold: each call its own copy of the inputs).
 Writes benchmarks/results/decode_rows.{json,md} atomically.
 """

@@ -189,6 +189,65 @@ def test_gemv_qkv_rotates_and_stores_into_the_cache(n_heads, n_kv_heads, head_di
         assert torch.equal(cache[~written], old[~written]), f"{name} cache changed outside slot 0, position {position}"
 
 
+@pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim", "k", "b", "t"),
+                         [(4, 2, 16, 48, 2, 3), (3, 3, 32, 100, 1, 5), (2, 1, 64, 64, 4, 1), (2, 2, 128, 40, 2, 8)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gemv_rows_qkv_rotates_and_stores_into_the_cache(n_heads, n_kv_heads, head_dim, k, b, t, dtype):
+    """Several rows (B rows of T queries at their own positions): q returned and k rotated at each query's
+    position, k and v written into cache row b there and nothing else of the caches touched (a position past
+    the cache stores nothing); against float64 projections and rotations. Heads of 16-128 dims: programs of
+    8-32 rotation pairs, a head in one to two programs."""
+    from scratchlm.model.rope import RotaryEmbedding
+
+    slots, length = b + 1, 12
+    rope = RotaryEmbedding(head_dim, 2 * length, theta=500.0, device=DEVICE)
+    x, w = operands((n_heads + 2 * n_kv_heads) * head_dim, k, dtype, (b, t))
+    positions = torch.stack([torch.randperm(length, device=DEVICE)[:t] for _ in range(b)])
+    positions[-1, -1] = length + 3  # past the cache: no store
+    caches = [torch.randn(slots, n_kv_heads, length, head_dim, device=DEVICE).to(dtype) for _ in range(2)]
+    before = [c.clone() for c in caches]
+    q = gv.gemv_rows_qkv(x, w, rope.cos, rope.sin, positions, *caches, n_heads)
+
+    q64, k64, v64 = (x.double() @ w.double().T).split((n_heads * head_dim, n_kv_heads * head_dim,
+                                                      n_kv_heads * head_dim), dim=-1)
+    assert q.shape == (b, n_heads, t, head_dim) and q.dtype == dtype
+    written = torch.zeros_like(caches[0], dtype=torch.bool)
+    for row in range(b):
+        for i in range(t):
+            p = positions[row, i].item()
+            cos, sin = rope.cos[p], rope.sin[p]
+            assert_close_scaled(q[row, :, i].double(), rotate64(q64[row, i].view(n_heads, head_dim), cos, sin), "q",
+                                **TOLERANCES[dtype])
+            if p >= length:
+                continue
+            written[row, :, p] = True
+            assert_close_scaled(caches[0][row, :, p].double(), rotate64(k64[row, i].view(n_kv_heads, head_dim), cos,
+                                                                        sin), "k cache", **TOLERANCES[dtype])
+            assert_close_scaled(caches[1][row, :, p].double(), v64[row, i].view(n_kv_heads, head_dim), "v cache",
+                                **TOLERANCES[dtype])
+    for name, cache, old in (("k", caches[0], before[0]), ("v", caches[1], before[1])):
+        assert torch.equal(cache[~written], old[~written]), f"{name} cache changed outside the rows' positions"
+
+
+def test_gemv_rows_qkv_arguments_are_checked():
+    from scratchlm.model.rope import RotaryEmbedding
+
+    rope = RotaryEmbedding(16, 8, device=DEVICE)
+    x, w = operands(4 * 16, 24, torch.float32, (2, 3))  # 2 query heads + 1 key + 1 value head of 16
+    cache = torch.zeros(2, 1, 8, 16, device=DEVICE)
+    positions = torch.arange(3, device=DEVICE)
+    gv.gemv_rows_qkv(x, w, rope.cos, rope.sin, positions, cache, cache.clone(), 2)  # valid
+    with pytest.raises(ValueError, match="n_heads"):
+        gv.gemv_rows_qkv(x, w, rope.cos, rope.sin, positions, cache, cache.clone(), 3)
+    with pytest.raises(ValueError, match="slots >= B"):
+        gv.gemv_rows_qkv(x, w, rope.cos, rope.sin, positions, cache[:1], cache[:1].clone(), 2)
+    with pytest.raises(ValueError, match="positions"):
+        gv.gemv_rows_qkv(x, w, rope.cos, rope.sin, positions[:2], cache, cache.clone(), 2)
+    with pytest.raises(ValueError, match="cos and sin"):
+        gv.gemv_rows_qkv(x, w, rope.cos[:, :3], rope.sin, positions, cache, cache.clone(), 2)
+
+
 def test_custom_ops_pass_opcheck():
     """torch.library.opcheck: the declared mutations (gemv_qkv writes the caches, nothing else) and the fake
     implementations (what torch.compile plans with) match what the kernels do."""
@@ -200,6 +259,11 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.scratchlm.gemv, (x, w, torch.ones(16, device=DEVICE), 1e-5, None, False))
     for gate in (False, True):
         torch.library.opcheck(torch.ops.scratchlm.gemv_rows, (torch.cat([x, 2 * x, -x]), w, gate))
+    rope16 = RotaryEmbedding(16, 4, device=DEVICE)
+    caches16 = [torch.zeros(1, 1, 4, 16, device=DEVICE) for _ in range(2)]
+    torch.library.opcheck(torch.ops.scratchlm.gemv_rows_qkv, (
+        torch.randn(1, 2, 16, device=DEVICE), torch.randn(4 * 16, 16, device=DEVICE), rope16.cos, rope16.sin,
+        torch.tensor([[1, 2]], device=DEVICE), *caches16, 2))
     torch.library.opcheck(torch.ops.scratchlm.gemv_qkv, (x, w, None, 1e-5, rope.cos, rope.sin,
                                                          torch.tensor([2], device=DEVICE), *caches, 2))
 
@@ -251,8 +315,8 @@ def test_several_rows_apply_from_two_to_sixteen():
 
 def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
     """The model's path for 2-16 rows (a verification pass, a small batch) with the several-row kernel taking
-    every product and SwiGLU's gate (forced on for float32 rows, so it runs here too): the unfused model's
-    logits and cache, and the kernel called for each projection of each layer and for the head."""
+    every product, SwiGLU's gate and RoPE + the cache store (forced on for float32 rows, so it runs here too):
+    the unfused model's logits and cache, and the kernel called for each projection of each layer and the head."""
     from scratchlm.inference.kv_cache import KVCache
     from scratchlm.model import ModelConfig, TransformerLM, layers
 
@@ -262,10 +326,14 @@ def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
         calls.append((gv.n_rows(x), gate))
         return gv.gemv_rows(x, w, gate)
 
+    def counted_qkv(x, *args):
+        calls.append((gv.n_rows(x), "qkv"))
+        return gv.gemv_rows_qkv(x, *args)
+
     forced = layers._GemvKernels(lambda x, w: False, gv.gemv, gv.gemv_qkv,
                                  lambda x, w: 1 < gv.n_rows(x) <= gv.MAX_ROWS and not torch.is_grad_enabled(),
-                                 counted_rows)
-    config = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16)
+                                 counted_rows, counted_qkv)
+    config = ModelConfig(vocab_size=50, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16)  # heads of 16
     model = TransformerLM(config, device=DEVICE).eval()
     prompt = torch.randint(0, 50, (2, 8), device=DEVICE)
     results = []
@@ -277,7 +345,7 @@ def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
             logits = model(prompt[:, 5:], torch.arange(5, 8, device=DEVICE), kv_cache=cache)  # 2 x 3 rows
         results.append((logits, cache))
     (plain, plain_cache), (fused, fused_cache) = results
-    layer = [False, False, True, False]  # q/k/v, o, gate/up (with SwiGLU's gate), down
+    layer = ["qkv", False, True, False]  # q/k/v (+ RoPE + cache store), o, gate/up (+ SwiGLU's gate), down
     per_pass = layer * config.n_layers + [False]  # and the head
     # the 2 x 5-token prefill, then the 2 x 3 rows
     assert calls == [(10, gate) for gate in per_pass] + [(6, gate) for gate in per_pass], calls

@@ -22,7 +22,7 @@ which saves the decode step's RoPE and cache-write kernels (H100, batch-1 graph-
 A few rows (2-16: a speculative verification pass, a small decode batch) take `gemv_rows`: W streamed by
 column blocks as above, the rows' products on tensor cores (`_rows_kernel`; on CUDA cores the products, not
 the bytes, bound a several-row GEMV from ~4 rows), 1.0-1.36x cuBLAS on the decode matrices (H100,
-benchmarks/gemv.py).
+benchmarks/gemv.py); with SwiGLU's gate, or (`gemv_rows_qkv`) RoPE and the cache store, as epilogues.
 
 On Hopper the kernels are launched with programmatic dependent launch (`kernels.pdl_options`): each program
 reads its first chunk of weights, which nothing before it writes, then waits for the previous kernel
@@ -192,20 +192,30 @@ def _store_rotated(y, head, j, position, cos, sin, Y, KC, VC, stride_kch, stride
 
 
 @triton.jit
-def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, GATE: tl.constexpr, PDL: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, COS, SIN, POS, KC, VC, n_queries, stride_pb,
+                 stride_pt, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, n_heads,
+                 n_kv_heads, n_slots, GATE: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr,
+                 PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Y (M, N) = X W^T for M <= BLOCK_M rows: a program owns BLOCK_N rows of W (output columns) and multiplies
     its (BLOCK_N, BLOCK_K) chunks of W by the rows' (BLOCK_K, BLOCK_M) chunk on tensor cores (W on the left, so
     the few rows pad a dimension of 16, not of 64). As in `_gemv_kernel`, the first chunk of W is read before
-    waiting for the kernel before. GATE: W is SwiGLU's [gate; up] (N = 2F) and Y (M, F) gets silu(gate) * up,
-    each program owning BLOCK_N / 2 hidden units j, rows j and F + j of W interleaved. Norms, gates of the input
-    and residuals stay outside: transforming the rows' chunk between its load and the product took it off the
-    asynchronous pipeline and made the kernel up to 2x slower; the output side is free."""
+    waiting for the kernel before. Norms, gates of the input and residuals stay outside: transforming the rows'
+    chunk between its load and the product took it off the asynchronous pipeline and made the kernel up to 2x
+    slower; the output side is free:
+      GATE: W is SwiGLU's [gate; up] (N = 2F) and Y (M, F) gets silu(gate) * up, each program owning
+        BLOCK_N / 2 hidden units j, rows j and F + j of W interleaved;
+      ROPE: W is attention's stacked q, k, v projection and each program owns BLOCK_N / 2 rotation pairs of one
+        head, interleaved as in `_gemv_kernel` (`_store_rotated_rows` rotates and stores them)."""
     if GATE:
         f = N // 2
         j = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2  # each hidden unit twice
         offs_n = j + (tl.arange(0, BLOCK_N) % 2) * f
         n_ok = j < f
+    elif ROPE:
+        first_pair = tl.program_id(0) * (BLOCK_N // 2)
+        head = first_pair // HALF
+        offs_n = head * (2 * HALF) + first_pair % HALF + tl.arange(0, BLOCK_N) // 2 + (tl.arange(0, BLOCK_N) % 2) * HALF
+        n_ok = offs_n < N
     else:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
@@ -230,8 +240,45 @@ def _rows_kernel(X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym, GATE: tl.con
         gate, up = tl.split(tl.reshape(tl.trans(y.to(tl.float32)), (BLOCK_M, BLOCK_N // 2, 2)))
         tl.store(Y + offs_m[:, None] * stride_ym + offs_j[None, :], (gate * tl.sigmoid(gate) * up).to(y.dtype),
                  mask=(offs_m < M)[:, None] & (offs_j < f)[None, :])
+    elif ROPE:
+        _store_rotated_rows(tl.trans(y.to(tl.float32)), head, first_pair % HALF + tl.arange(0, BLOCK_N // 2),
+                            offs_m, M, COS, SIN, POS, Y, KC, VC, n_queries, stride_pb, stride_pt, stride_kcb,
+                            stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, n_heads, n_kv_heads, n_slots,
+                            HALF, BLOCK_M, BLOCK_N)
     else:
         tl.store(Y + offs_m[None, :] * stride_ym + offs_n[:, None], y, mask=n_ok[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
+def _store_rotated_rows(y, head, j, offs_m, M, COS, SIN, POS, Q, KC, VC, n_queries, stride_pb, stride_pt, stride_kcb,
+                        stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, n_heads, n_kv_heads, n_slots,
+                        HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """`_store_rotated` for rows m = b * T + t (T = n_queries): y (BLOCK_M, BLOCK_N) the rounded projection of
+    the program's pairs j (BLOCK_N / 2,) of head `head`, interleaved; each row rotated at its own position
+    (POS (B or 1, T)) and stored as `scratchlm.kernels.rope_store` does: queries into Q (B x T, H, D), keys and
+    values into cache row b at the position (none past n_slots)."""
+    row = offs_m // n_queries
+    m_ok = offs_m < M
+    position = tl.load(POS + row * stride_pb + (offs_m % n_queries) * stride_pt, mask=m_ok, other=0)  # (BLOCK_M,)
+    y1, y2 = tl.split(tl.reshape(y, (BLOCK_M, BLOCK_N // 2, 2)))  # dims j and j + HALF of each pair
+    if head < n_heads + n_kv_heads:
+        angle = position[:, None] * HALF + j[None, :]
+        cos = tl.load(COS + angle, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        sin = tl.load(SIN + angle, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        y1, y2 = y1 * cos - y2 * sin, y2 * cos + y1 * sin
+    ok = m_ok[:, None]
+    if head < n_heads:
+        out = Q + (offs_m[:, None].to(tl.int64) * n_heads + head) * (2 * HALF) + j[None, :]
+    elif head < n_heads + n_kv_heads:
+        ok = ok & (position < n_slots)[:, None]
+        out = (KC + row[:, None].to(tl.int64) * stride_kcb + (head - n_heads) * stride_kch
+               + position[:, None] * stride_kcs + j[None, :])
+    else:
+        ok = ok & (position < n_slots)[:, None]
+        out = (VC + row[:, None].to(tl.int64) * stride_vcb + (head - n_heads - n_kv_heads) * stride_vch
+               + position[:, None] * stride_vcs + j[None, :])
+    tl.store(out, y1.to(out.dtype.element_ty), mask=ok)
+    tl.store(out + HALF, y2.to(out.dtype.element_ty), mask=ok)
 
 Tiles = tuple[int, int, int, int]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
 
@@ -294,8 +341,9 @@ def rows_config(n: int, k: int) -> Tiles:
 
 @dataclass(frozen=True)
 class RopeStore:
-    """What the ROPE epilogue needs (`gemv_qkv`): RoPE's cos and sin tables (max_len, D/2), the row's position
-    (1,) long, the layer's key and value caches (slots, KV, S, D) of which slot 0 is the row's, and H."""
+    """What the ROPE epilogue needs (`gemv_qkv`, `gemv_rows_qkv`): RoPE's cos and sin tables (max_len, D/2), the
+    positions (one row: (1,) long, its caches' slot 0; several rows (B, T) or (1, T) long, row b in slot b), the
+    layer's key and value caches (slots, KV, S, D), and H."""
 
     cos: Tensor
     sin: Tensor
@@ -332,16 +380,36 @@ def launch(x: Tensor, weight: Tensor, norm_weight: Tensor | None = None, eps: fl
     return y
 
 
-def launch_rows(x: Tensor, weight: Tensor, gate: bool = False, tiles: Tiles | None = None) -> Tensor:
-    """The several-row kernel on checked, contiguous inputs; tiles as `launch`, default `rows_config(N, K)`."""
+def launch_rows(x: Tensor, weight: Tensor, gate: bool = False, rope: RopeStore | None = None,
+                tiles: Tiles | None = None) -> Tensor:
+    """The several-row kernel on checked, contiguous inputs; tiles as `launch`, default `rows_config(N, K)`.
+    With `rope` (its position (B or 1, T) and caches (slots >= B, KV, S, D)), x is (B, T, K) and the output q
+    (B, H, T, D) laid out as (B, T, H, D)."""
     n, k = weight.shape
     block_n, block_k, num_warps, num_stages = tiles or rows_config(n, k)
     pdl = kernels.pdl_options(x)
-    width = n // 2 if gate else n  # output columns
-    y = kernels.output_buffer((*x.shape[:-1], width), x.dtype, x.device)
-    _rows_kernel[(triton.cdiv(width, block_n // 2 if gate else block_n),)](
-        x, weight, y, n_rows(x), n, k, k, weight.stride(0), width, GATE=gate, PDL=bool(pdl), BLOCK_M=MAX_ROWS,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages, **pdl)
+    rows = n_rows(x)
+    if rope is None:
+        width = n // 2 if gate else n  # output columns
+        y = kernels.output_buffer((*x.shape[:-1], width), x.dtype, x.device)
+        programs = triton.cdiv(width, block_n // 2 if gate else block_n)
+        cos = sin = positions = k_cache = v_cache = x  # not read
+        pos_strides, cache_strides, n_queries, n_heads, n_kv_heads, half = (0, 0), (0,) * 6, 1, 0, 0, 1
+    else:
+        cos, sin, positions, k_cache, v_cache = rope.cos, rope.sin, rope.position, rope.k_cache, rope.v_cache
+        b, t = x.shape[0], x.shape[1]
+        half, n_heads, n_kv_heads = k_cache.shape[-1] // 2, rope.n_heads, k_cache.shape[1]
+        y = kernels.heads_per_query(b, n_heads, t, 2 * half, x.dtype, x.device)
+        pos_strides = (positions.stride(0) if positions.shape[0] > 1 else 0, positions.stride(1))
+        cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
+        n_queries, width = t, n
+        block_n = 2 * math.gcd(block_n // 2, half)  # whole rotation pairs of one head a program
+        programs = n // block_n
+    _rows_kernel[(programs,)](
+        x, weight, y, rows, n, k, k, weight.stride(0), width, cos, sin, positions, k_cache, v_cache, n_queries,
+        *pos_strides, *cache_strides, n_heads, n_kv_heads, k_cache.shape[2] if rope else 0, GATE=gate,
+        ROPE=rope is not None, HALF=half, PDL=bool(pdl), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=num_stages, **pdl)
     return y
 
 
@@ -365,6 +433,18 @@ def _gemv_rows_op(x: Tensor, weight: Tensor, gate: bool) -> Tensor:
 @_gemv_rows_op.register_fake
 def _(x: Tensor, weight: Tensor, gate: bool) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if gate else weight.shape[0]))
+
+
+@torch.library.custom_op("scratchlm::gemv_rows_qkv", mutates_args=("k_cache", "v_cache"))
+def _gemv_rows_qkv_op(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor,
+                      v_cache: Tensor, n_heads: int) -> Tensor:
+    return launch_rows(x, weight, rope=RopeStore(cos, sin, positions, k_cache, v_cache, n_heads))
+
+
+@_gemv_rows_qkv_op.register_fake
+def _(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
+      n_heads: int) -> Tensor:
+    return kernels.heads_per_query(x.shape[0], n_heads, x.shape[1], k_cache.shape[-1], x.dtype, x.device, torch.empty)
 
 
 @torch.library.custom_op("scratchlm::gemv_qkv", mutates_args=("k_cache", "v_cache"))
@@ -420,6 +500,34 @@ def gemv_rows(x: Tensor, weight: Tensor, gate: bool = False) -> Tensor:
     if gate and weight.shape[0] % 2:
         raise ValueError(f"gate needs an even number of weight rows ([gate; up]), got {weight.shape[0]}")
     return _gemv_rows_op(x.contiguous(), _contiguous_rows(weight), gate)
+
+
+def gemv_rows_qkv(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor,
+                  v_cache: Tensor, n_heads: int) -> Tensor:
+    """`gemv_qkv` for up to MAX_ROWS rows, without the norm (several rows have their own norm kernel): x (B, T, K),
+    the q/k/v projection on tensor cores with `scratchlm.kernels.rope_store`'s work as its epilogue (q and k
+    rotated at each row's position, k and v stored into cache row b). positions (B, T), (1, T) or (T,) long,
+    each < S; cos, sin (max_len, D/2); caches (slots >= B, KV, S, D). Returns q (B, H, T, D) laid out as
+    (B, T, H, D)."""
+    _check_operands(x, weight, None, None, False, max_rows=MAX_ROWS)
+    b, t = x.shape[:2] if x.dim() == 3 else (0, 0)
+    _, n_kv_heads, _, head_dim = k_cache.shape if k_cache.dim() == 4 else (0, 0, 0, 0)
+    positions = positions.view(1, -1) if positions.dim() == 1 else positions
+    if (x.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape or head_dim % 16 or n_heads < 1
+            or k_cache.shape[0] < b or weight.shape[0] != (n_heads + 2 * n_kv_heads) * head_dim
+            or not x.dtype == k_cache.dtype == v_cache.dtype or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
+        raise ValueError(f"gemv_rows_qkv needs x (B, T, K), caches (slots >= B, KV, S, D) of x's dtype, contiguous "
+                         f"in D, D a multiple of 16, and weight ((n_heads + 2 KV) D, K); got x {tuple(x.shape)} "
+                         f"{x.dtype}, caches {tuple(k_cache.shape)} {k_cache.dtype} / {tuple(v_cache.shape)}, "
+                         f"weight {tuple(weight.shape)}, n_heads {n_heads}")
+    if positions.dtype != torch.long or positions.dim() != 2 or positions.shape[0] not in (1, b) or positions.shape[1] != t:
+        raise ValueError(f"positions must be long (B, T), (1, T) or (T,) for x {tuple(x.shape)}, got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim // 2:
+        raise ValueError(f"cos and sin must be (max_len, {head_dim // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    kernels.check_device(INTERPRETED, x, cos, sin, positions, k_cache, v_cache)
+    return _gemv_rows_qkv_op(x.contiguous(), _contiguous_rows(weight), cos.contiguous(), sin.contiguous(),
+                             positions.contiguous(), k_cache, v_cache, n_heads)
 
 
 def gemv_qkv(x: Tensor, weight: Tensor, norm_weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor,

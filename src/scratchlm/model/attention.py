@@ -23,7 +23,15 @@ from torch import Tensor, nn
 
 from scratchlm import kernels
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.layers import Linear, RMSNorm, compute_dtype, inference_rows, one_row_kernels, softmax
+from scratchlm.model.layers import (
+    Linear,
+    RMSNorm,
+    compute_dtype,
+    few_rows_kernels,
+    inference_rows,
+    one_row_kernels,
+    softmax,
+)
 from scratchlm.model.rope import RotaryEmbedding
 
 AttentionFn = Callable[..., Tensor]  # (q, k, v, sliding_window=None, mask=None, positions=None) -> out
@@ -204,20 +212,24 @@ class CausalSelfAttention(nn.Module):
 
     def projects_into_cache(self, x: Tensor, positions: Tensor, cache: LayerCache | None) -> bool:
         """Whether `forward` rotates this input's q and k and stores its k and v in the cache by a kernel: one
-        decode row that the one-row GEMV takes (scratchlm.kernels.gemv.gemv_qkv: the projection too), or rows
-        on CUDA under no_grad (scratchlm.kernels.rope_store, after the projection's GEMM); both need a cache
+        decode row that the one-row GEMV takes (scratchlm.kernels.gemv.gemv_qkv: the projection too), 2-16 rows
+        that its several-row kernel takes (gemv_rows_qkv: likewise, the norm before it a kernel of its own), or
+        rows on CUDA under no_grad (scratchlm.kernels.rope_store, after the projection's GEMM); all need a cache
         that lets a kernel store into it and no QK-norm (it needs whole heads before the rotation)."""
         return self._cache_projection(x, positions, cache) is not None
 
     def _cache_projection(self, x: Tensor, positions: Tensor,
                           cache: LayerCache | None) -> tuple[str, Callable[..., Tensor], tuple[Tensor, Tensor]] | None:
-        """("gemv_qkv" or "rope_store", that kernel, the cache's k and v tensors) where `projects_into_cache`,
-        else None."""
+        """("gemv_qkv", "gemv_rows_qkv" or "rope_store", that kernel, the cache's k and v tensors) where
+        `projects_into_cache`, else None."""
         stores = None if cache is None or self.q_norm is not None else cache.in_place()
         if stores is None or stores[0].dtype != x.dtype:
             return None
         if positions.numel() == 1 and (one_row := one_row_kernels(x, self.qkv_proj.weight)) is not None:
             return "gemv_qkv", one_row.gemv_qkv, stores
+        few = few_rows_kernels(x, self.qkv_proj.weight)
+        if few is not None and few.gemv_rows_qkv is not None and self.head_dim % 16 == 0:
+            return "gemv_rows_qkv", few.gemv_rows_qkv, stores
         if _rope_store is not None and inference_rows(x, under_compile=True) and self.head_dim & (self.head_dim - 1) == 0:
             return "rope_store", _rope_store, stores
         return None
@@ -233,6 +245,9 @@ class CausalSelfAttention(nn.Module):
         if name == "rope_store":
             return kernel(self.qkv_proj(x, norm=norm), self.rope.cos, self.rope.sin, positions.long(), *stores,
                           self.n_heads)
+        if name == "gemv_rows_qkv":
+            return kernel(x if norm is None else norm(x), self.qkv_proj.weight, self.rope.cos, self.rope.sin,
+                          positions.long(), *stores, self.n_heads)
         q = kernel(x, self.qkv_proj.weight, None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
                    self.rope.cos, self.rope.sin, positions.reshape(1).long(), *stores, self.n_heads)
         return q.view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)

@@ -29,8 +29,9 @@ class _GemvKernels(NamedTuple):
     applies: Callable[[Tensor, Tensor], bool]  # one row: gemv, gemv_qkv
     gemv: Callable[..., Tensor]
     gemv_qkv: Callable[..., Tensor]
-    applies_rows: Callable[[Tensor, Tensor], bool] | None = None  # 2 to 16 rows: gemv_rows
-    gemv_rows: Callable[[Tensor, Tensor], Tensor] | None = None
+    applies_rows: Callable[[Tensor, Tensor], bool] | None = None  # 2 to 16 rows: gemv_rows, gemv_rows_qkv
+    gemv_rows: Callable[..., Tensor] | None = None
+    gemv_rows_qkv: Callable[..., Tensor] | None = None
 
 
 _gemv: _GemvKernels | None = None  # scratchlm.kernels.gemv once a Linear found it
@@ -44,7 +45,8 @@ def _load_kernels() -> None:
     Called as Linear layers are built (an import inside a torch.compile'd forward would break the graph)."""
     global _gemv, _swiglu, _add_rms_norm
     if _gemv is None and (module := kernels.gpu_module("gemv")) is not None:
-        _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv, module.applies_rows, module.gemv_rows)
+        _gemv = _GemvKernels(module.applies, module.gemv, module.gemv_qkv, module.applies_rows, module.gemv_rows,
+                             module.gemv_rows_qkv)
     if _swiglu is None and (module := kernels.gpu_module("swiglu")) is not None:
         _swiglu = module.swiglu
     if _add_rms_norm is None and (module := kernels.gpu_module("rmsnorm")) is not None:
