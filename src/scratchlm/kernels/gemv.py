@@ -43,6 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from scratchlm import kernels
+from scratchlm.kernels import rope_store
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -510,21 +511,10 @@ def gemv_rows_qkv(x: Tensor, weight: Tensor, cos: Tensor, sin: Tensor, positions
     each < S; cos, sin (max_len, D/2); caches (slots >= B, KV, S, D). Returns q (B, H, T, D) laid out as
     (B, T, H, D)."""
     _check_operands(x, weight, None, None, False, max_rows=MAX_ROWS)
-    b, t = x.shape[:2] if x.dim() == 3 else (0, 0)
-    _, n_kv_heads, _, head_dim = k_cache.shape if k_cache.dim() == 4 else (0, 0, 0, 0)
-    positions = positions.view(1, -1) if positions.dim() == 1 else positions
-    if (x.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape or head_dim % 16 or n_heads < 1
-            or k_cache.shape[0] < b or weight.shape[0] != (n_heads + 2 * n_kv_heads) * head_dim
-            or not x.dtype == k_cache.dtype == v_cache.dtype or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
-        raise ValueError(f"gemv_rows_qkv needs x (B, T, K), caches (slots >= B, KV, S, D) of x's dtype, contiguous "
-                         f"in D, D a multiple of 16, and weight ((n_heads + 2 KV) D, K); got x {tuple(x.shape)} "
-                         f"{x.dtype}, caches {tuple(k_cache.shape)} {k_cache.dtype} / {tuple(v_cache.shape)}, "
-                         f"weight {tuple(weight.shape)}, n_heads {n_heads}")
-    if positions.dtype != torch.long or positions.dim() != 2 or positions.shape[0] not in (1, b) or positions.shape[1] != t:
-        raise ValueError(f"positions must be long (B, T), (1, T) or (T,) for x {tuple(x.shape)}, got "
-                         f"{positions.dtype} {tuple(positions.shape)}")
-    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim // 2:
-        raise ValueError(f"cos and sin must be (max_len, {head_dim // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if x.dim() != 3:
+        raise ValueError(f"gemv_rows_qkv needs x (B, T, K), got {tuple(x.shape)}")
+    positions = rope_store.check_operands(x.shape[0], x.shape[1], weight.shape[0], x.dtype, cos, sin, positions,
+                                          k_cache, v_cache, n_heads, head_dim_multiple=16)
     kernels.check_device(INTERPRETED, x, cos, sin, positions, k_cache, v_cache)
     return _gemv_rows_qkv_op(x.contiguous(), _contiguous_rows(weight), cos.contiguous(), sin.contiguous(),
                              positions.contiguous(), k_cache, v_cache, n_heads)

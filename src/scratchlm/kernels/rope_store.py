@@ -81,6 +81,28 @@ def _(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor,
     return kernels.heads_per_query(b, n_heads, t, k_cache.shape[3], qkv.dtype, qkv.device, torch.empty)
 
 
+def check_operands(b: int, t: int, width: int, dtype: torch.dtype, cos: Tensor, sin: Tensor, positions: Tensor,
+                   k_cache: Tensor, v_cache: Tensor, n_heads: int, head_dim_multiple: int = 2) -> Tensor:
+    """Raise ValueError unless a projection of B x T rows of `width` = (n_heads + 2 KV) D columns in `dtype` can
+    be rotated and stored into these caches at these positions (D a multiple of head_dim_multiple); returns
+    positions as (B or 1, T). Shared with `scratchlm.kernels.gemv.gemv_rows_qkv`."""
+    n_kv_heads, head_dim = (k_cache.shape[1], k_cache.shape[3]) if k_cache.dim() == 4 else (0, 0)
+    positions = positions.view(1, -1) if positions.dim() == 1 else positions
+    if (k_cache.dim() != 4 or v_cache.shape != k_cache.shape or head_dim % head_dim_multiple or n_heads < 1
+            or width != (n_heads + 2 * n_kv_heads) * head_dim or k_cache.shape[0] < b
+            or not dtype == k_cache.dtype == v_cache.dtype or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
+        raise ValueError(f"the projection of (B, T) = ({b}, {t}) rows, (n_heads + 2 KV) D = {width} wide, needs "
+                         f"caches (slots >= B, KV, S, D) of its dtype {dtype}, contiguous in D, D a multiple of "
+                         f"{head_dim_multiple}; got caches {tuple(k_cache.shape)} {k_cache.dtype} / "
+                         f"{tuple(v_cache.shape)} {v_cache.dtype}, n_heads {n_heads}")
+    if positions.dtype != torch.long or positions.dim() != 2 or positions.shape[0] not in (1, b) or positions.shape[1] != t:
+        raise ValueError(f"positions must be long (B, T), (1, T) or (T,) for (B, T) = ({b}, {t}), got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim // 2:
+        raise ValueError(f"cos and sin must be (max_len, {head_dim // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    return positions
+
+
 def rope_store(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
                n_heads: int) -> Tensor:
     """qkv (B, T, (H + 2 KV) D): the stacked projection of T queries in each of B rows (H query heads, then KV
@@ -88,21 +110,9 @@ def rope_store(qkv: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, k_cache
     (max_len, D/2) RoPE's tables (angle of position p and pair j at [p, j]); k_cache, v_cache (slots, KV, S, D),
     row b of the batch in slot b. Stores the rotated keys and the values at their positions and returns the
     rotated queries (B, H, T, D) (laid out as (B, T, H, D))."""
-    b, t, width = qkv.shape if qkv.dim() == 3 else (0, 0, 0)
-    n_kv_heads, head_dim = (k_cache.shape[1], k_cache.shape[3]) if k_cache.dim() == 4 else (0, 0)
-    positions = positions.view(1, -1) if positions.dim() == 1 else positions
-    if (qkv.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape or head_dim % 2 or n_heads < 1
-            or width != (n_heads + 2 * n_kv_heads) * head_dim or k_cache.shape[0] < b
-            or not qkv.dtype == k_cache.dtype == v_cache.dtype or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
-        raise ValueError(f"rope_store needs qkv (B, T, (n_heads + 2 KV) D) and caches (slots >= B, KV, S, D) of its "
-                         f"dtype, contiguous in D, D even; got qkv {tuple(qkv.shape)} {qkv.dtype}, caches "
-                         f"{tuple(k_cache.shape)} {k_cache.dtype} / {tuple(v_cache.shape)} {v_cache.dtype}, "
-                         f"n_heads {n_heads}")
-    if positions.dtype != torch.long or positions.dim() != 2 or positions.shape[0] not in (1, b) or positions.shape[1] != t:
-        raise ValueError(f"positions must be long (B, T), (1, T) or (T,) for qkv {tuple(qkv.shape)}, got "
-                         f"{positions.dtype} {tuple(positions.shape)}")
-    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != head_dim // 2:
-        raise ValueError(f"cos and sin must be (max_len, {head_dim // 2}), got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if qkv.dim() != 3:
+        raise ValueError(f"rope_store needs qkv (B, T, (n_heads + 2 KV) D), got {tuple(qkv.shape)}")
+    positions = check_operands(*qkv.shape, qkv.dtype, cos, sin, positions, k_cache, v_cache, n_heads)
     kernels.check_device(INTERPRETED, qkv, cos, sin, positions, k_cache, v_cache)
     kernels.check_dtype("qkv", qkv.dtype)
     return _rope_store_op(qkv.contiguous(), cos.contiguous(), sin.contiguous(), positions.contiguous(), k_cache,
