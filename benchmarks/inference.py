@@ -80,8 +80,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `run()` over `repeats` runs after one warm-up run."""
+def timed_runs(run: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` runs of `run()` after one warm-up run."""
     run()
     seconds = []
     for _ in range(repeats):
@@ -90,7 +90,12 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> floa
         run()
         sync(device)
         seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds)
+    return seconds
+
+
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `run()` over `repeats` runs after one warm-up run."""
+    return statistics.median(timed_runs(run, device, repeats))
 
 
 # -- ours -------------------------------------------------------------------------------------------------
@@ -259,13 +264,16 @@ def bench_preset(result: dict, model: TransformerLM, draft: TransformerLM, args:
     for batch in args.batches:
         batch_prompts = prompts(batch, args.prompt_len)
         row = {"batch": batch}
-        seconds = timed(ours.generate(batch_prompts.tolist(), args.new_tokens, batch_mode), device, args.repeats)
-        row["ours_tokens_per_second"] = batch * args.new_tokens / seconds
+        runs = timed_runs(ours.generate(batch_prompts.tolist(), args.new_tokens, batch_mode), device, args.repeats)
+        row["ours_tokens_per_second"] = batch * args.new_tokens / statistics.median(runs)
+        # each run too: batch 128 at 1.3B has read ~15% slower in some runs of unchanged code (docs/inference.md)
+        row["ours_tokens_per_second_runs"] = [batch * args.new_tokens / seconds for seconds in runs]
         if hf is not None:
             seconds = timed(hf_generate(hf, batch_prompts.to(device), args.new_tokens), device, args.repeats)
             row["hf_tokens_per_second"] = batch * args.new_tokens / seconds
             row["speedup"] = row["ours_tokens_per_second"] / row["hf_tokens_per_second"]
-        log(f"{name}: batch {batch}: ours {row['ours_tokens_per_second']:,.0f} tok/s"
+        log(f"{name}: batch {batch}: ours {row['ours_tokens_per_second']:,.0f} tok/s (runs "
+            + ", ".join(f"{rate:,.0f}" for rate in row["ours_tokens_per_second_runs"]) + ")"
             + (f", HF {row['hf_tokens_per_second']:,.0f} tok/s ({row['speedup']:.2f}x)" if hf is not None else ""))
         result["batches"].append(row)
         save()
