@@ -313,11 +313,30 @@ def test_several_rows_apply_from_two_to_sixteen():
         assert not gv.applies_rows(x, w)  # autograd on
 
 
+def assert_kernels_decode_like_plain_model(monkeypatch, model, forced, tokens: torch.Tensor, prefill: int) -> None:
+    """A prefill of tokens[:, :prefill] through a KV cache, then a forward of the rest, with the GEMV kernels off
+    and as `forced`: the same logits and caches (float32 tolerance)."""
+    from scratchlm.inference.kv_cache import KVCache
+    from scratchlm.model import layers
+
+    results = []
+    for kernels in (None, forced):
+        monkeypatch.setattr(layers, "_gemv", kernels)
+        cache = KVCache(model.config, tokens.shape[0], device=DEVICE)
+        with torch.no_grad():
+            model(tokens[:, :prefill], torch.arange(prefill, device=DEVICE), kv_cache=cache)
+            logits = model(tokens[:, prefill:], torch.arange(prefill, tokens.shape[1], device=DEVICE), kv_cache=cache)
+        results.append((logits, cache))
+    (plain, plain_cache), (fused, fused_cache) = results
+    assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
+    for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
+        assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])
+
+
 def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
     """The model's path for 2-16 rows (a verification pass, a small batch) with the several-row kernel taking
     every product, SwiGLU's gate and RoPE + the cache store (forced on for float32 rows, so it runs here too):
     the unfused model's logits and cache, and the kernel called for each projection of each layer and the head."""
-    from scratchlm.inference.kv_cache import KVCache
     from scratchlm.model import ModelConfig, TransformerLM, layers
 
     calls = []
@@ -335,30 +354,17 @@ def test_model_decodes_several_rows_through_the_kernels(monkeypatch):
                                  counted_rows, counted_qkv)
     config = ModelConfig(vocab_size=50, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16)  # heads of 16
     model = TransformerLM(config, device=DEVICE).eval()
-    prompt = torch.randint(0, 50, (2, 8), device=DEVICE)
-    results = []
-    for kernels in (None, forced):
-        monkeypatch.setattr(layers, "_gemv", kernels)
-        cache = KVCache(config, 2, device=DEVICE)
-        with torch.no_grad():
-            model(prompt[:, :5], torch.arange(5, device=DEVICE), kv_cache=cache)
-            logits = model(prompt[:, 5:], torch.arange(5, 8, device=DEVICE), kv_cache=cache)  # 2 x 3 rows
-        results.append((logits, cache))
-    (plain, plain_cache), (fused, fused_cache) = results
+    assert_kernels_decode_like_plain_model(monkeypatch, model, forced, torch.randint(0, 50, (2, 8), device=DEVICE), 5)
     layer = ["qkv", False, True, False]  # q/k/v (+ RoPE + cache store), o, gate/up (+ SwiGLU's gate), down
     per_pass = layer * config.n_layers + [False]  # and the head
     # the 2 x 5-token prefill, then the 2 x 3 rows
     assert calls == [(10, gate) for gate in per_pass] + [(6, gate) for gate in per_pass], calls
-    assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
-    for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
-        assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])
 
 
 def test_attention_decodes_through_the_qkv_kernel(monkeypatch):
     """The model's one-row decode path with the kernels taking every product (forced on for float32 rows, so it
     runs here too): the fused projection + RoPE + cache store gives the unfused model's logits and cache, a
     prefill (several rows) and QK-norm models keep the separate operations."""
-    from scratchlm.inference.kv_cache import KVCache
     from scratchlm.model import ModelConfig, TransformerLM, layers
 
     calls = []
@@ -373,20 +379,8 @@ def test_attention_decodes_through_the_qkv_kernel(monkeypatch):
         config = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, context_length=16,
                              qk_norm=qk_norm)
         model = TransformerLM(config, device=DEVICE).eval()
-        prompt = torch.randint(0, 50, (1, 6), device=DEVICE)
-        results = []
-        for kernels in (None, forced):
-            monkeypatch.setattr(layers, "_gemv", kernels)
-            cache = KVCache(config, 1, device=DEVICE)
-            with torch.no_grad():
-                model(prompt[:, :-1], torch.arange(5, device=DEVICE), kv_cache=cache)
-                logits = model(prompt[:, -1:], torch.tensor([5], device=DEVICE), kv_cache=cache)
-            results.append((logits, cache))
-        (plain, plain_cache), (fused, fused_cache) = results
+        assert_kernels_decode_like_plain_model(monkeypatch, model, forced, torch.randint(0, 50, (1, 6), device=DEVICE), 5)
         assert len(calls) == (0 if qk_norm else config.n_layers), calls  # the decode step's layers only
-        assert_close_scaled(fused.double(), plain.double(), "logits", **TOLERANCES[torch.float32])
-        for a, b in zip(plain_cache.k + plain_cache.v, fused_cache.k + fused_cache.v):
-            assert_close_scaled(b.double(), a.double(), "cache", **TOLERANCES[torch.float32])
         calls.clear()
 
 
